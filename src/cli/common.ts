@@ -1,0 +1,139 @@
+import { writeFileSync } from 'node:fs';
+import { Transform, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { Argv } from 'yargs';
+import { Account } from '../account.js';
+import { HxError } from '../errors.js';
+import { inputSize, readInputs } from '../io/input.js';
+import { openOutput, type Output } from '../io/output.js';
+import { ndjsonSerialize } from '../io/serialize.js';
+import { Progress } from '../progress.js';
+import { Rejects } from '../rejects.js';
+import type { StageContext } from '../stage.js';
+import { DEFAULT_MAX_LINE_BYTES } from '../../transforms/ndjsonSplit.js';
+
+/** Options every command that reads records shares. */
+export interface InputArgs {
+  files: string[];
+  rejects?: string;
+  report?: string;
+  verbose: boolean;
+  progress?: boolean;
+  'max-line-bytes': number;
+  unpack: boolean;
+}
+
+export interface OutputArgs {
+  output?: string;
+  gzip: boolean;
+}
+
+export function withInputOptions<T>(yargs: Argv<T>): Argv<T & InputArgs> {
+  return yargs
+    .positional('files', {
+      describe: 'NDJSON, Bundle JSON or .gz files (stdin when none, or "-")',
+      type: 'string',
+      array: true,
+      default: [] as string[],
+    })
+    .option('rejects', {
+      describe: 'Write rejected lines (with line number and reason) to FILE and go on, instead of stopping at the first',
+      type: 'string',
+      requiresArg: true,
+    })
+    .option('report', { describe: 'Write the account of the run to FILE as JSON', type: 'string', requiresArg: true })
+    .option('verbose', { alias: 'v', describe: 'Print the account on stderr at the end', type: 'boolean', default: false })
+    .option('progress', { describe: 'Show progress on stderr (default: when stderr is a terminal)', type: 'boolean' })
+    .option('max-line-bytes', {
+      describe: 'Longest line or Bundle entry accepted',
+      type: 'number',
+      default: DEFAULT_MAX_LINE_BYTES,
+    })
+    .option('unpack', {
+      describe: 'Read the resources of Bundles rather than the Bundles (--no-unpack keeps them whole)',
+      type: 'boolean',
+      default: true,
+    }) as unknown as Argv<T & InputArgs>;
+}
+
+export function withOutputOptions<T>(yargs: Argv<T>): Argv<T & OutputArgs> {
+  return yargs
+    .option('output', {
+      alias: 'o',
+      describe: 'Write to FILE (atomically: renamed into place when complete) instead of stdout',
+      type: 'string',
+      requiresArg: true,
+    })
+    .option('gzip', { describe: 'Compress the output with gzip', type: 'boolean', default: false }) as unknown as Argv<
+    T & OutputArgs
+  >;
+}
+
+export interface RunSpec {
+  input: InputArgs;
+  /** Per-record stages, in order. */
+  stages?: (ctx: StageContext) => Transform[];
+  /** Batches → bytes; NDJSON by default. */
+  serializer?: (ctx: StageContext) => Transform;
+  /** Where bytes go; `openOutput` of these options by default. */
+  output?: OutputArgs;
+  /** A sink that takes Batches itself (count, split) instead of serializer + output. */
+  sink?: (ctx: StageContext) => Writable & { finish?: () => Promise<void> };
+}
+
+/**
+ * Runs input → stages → serializer → output with the shared policies: exact
+ * account, rejects, progress, atomic output, quiet exit on a closed stdout.
+ * Returns the account; throws HxError for the CLI to print.
+ */
+export async function runRecords(spec: RunSpec): Promise<Account> {
+  const { input } = spec;
+  const account = new Account();
+  account.onWarning = (message) => process.stderr.write(`hx: warning: ${message}\n`);
+  const rejects = new Rejects(account, input.rejects);
+  const ctx: StageContext = { account, rejects };
+  const showProgress = input.progress ?? Boolean(process.stderr.isTTY);
+  const progress = showProgress ? new Progress(account, inputSize(input.files)).start() : undefined;
+  const source = readInputs(input.files, {
+    ...ctx,
+    maxLineBytes: input['max-line-bytes'],
+    unpackBundles: input.unpack,
+    onBytes: progress ? (bytes) => progress.setBytes(bytes) : undefined,
+  });
+  const stages = spec.stages?.(ctx) ?? [];
+  let output: Output | undefined;
+  try {
+    if (spec.sink) {
+      const sink = spec.sink(ctx);
+      await pipeline([source, ...stages, sink]);
+      await sink.finish?.();
+    } else {
+      output = openOutput({ path: spec.output?.output, gzip: spec.output?.gzip });
+      const serializer = spec.serializer?.(ctx) ?? ndjsonSerialize(account);
+      await pipeline([source, ...stages, serializer, output.stream], { end: output.stream !== process.stdout });
+      await output.commit();
+    }
+    await rejects.close();
+  } catch (err) {
+    output?.abort();
+    progress?.stop();
+    if (isClosedPipe(err)) process.exit(0);
+    writeReport(input, account, err as Error);
+    throw err;
+  }
+  progress?.stop();
+  writeReport(input, account);
+  return account;
+}
+
+function writeReport(input: InputArgs, account: Account, error?: Error): void {
+  if (input.report) {
+    const report = { ...account.toJSON(), ...(error ? { failed: error instanceof HxError ? error.message : 'internal error' } : {}) };
+    writeFileSync(input.report, JSON.stringify(report, null, 2) + '\n');
+  }
+  if (input.verbose) process.stderr.write(`hx: ${account.summary()}\n`);
+}
+
+function isClosedPipe(err: unknown): boolean {
+  return (err as NodeJS.ErrnoException)?.code === 'EPIPE' || (err as NodeJS.ErrnoException)?.code === 'ERR_STREAM_PREMATURE_CLOSE' && process.stdout.destroyed;
+}

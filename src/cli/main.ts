@@ -1,0 +1,33 @@
+#!/usr/bin/env node
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { HxError } from '../errors.js';
+import { commands } from './commands/index.js';
+
+const cli = yargs(hideBin(process.argv))
+  .scriptName('hx')
+  .usage('$0 <command> [options]\n\nStreaming FHIR transforms in constant memory. Logs and progress go to stderr.')
+  .command(commands as never)
+  .demandCommand(1, 'Name a command; `hx --help` lists them.')
+  .strict()
+  .recommendCommands()
+  .wrap(Math.min(110, process.stderr.columns ?? 110))
+  .epilogue('Every command reads NDJSON, .gz or a Bundle from files or stdin; `hx <command> --help` shows examples.')
+  .fail((message, error) => {
+    throw error ?? new HxError(message, 2);
+  })
+  .help()
+  .alias('h', 'help');
+
+try {
+  await cli.parseAsync();
+} catch (err) {
+  if (err instanceof HxError) {
+    process.stderr.write(`hx: ${err.message}\n`);
+    if (err.exitCode === 2) process.stderr.write('Try `hx --help`.\n');
+    process.exitCode = err.exitCode;
+  } else {
+    process.stderr.write(`hx: internal error: ${(err as Error)?.stack ?? err}\n`);
+    process.exitCode = 70;
+  }
+}

@@ -1,0 +1,107 @@
+import { createReadStream, statSync } from 'node:fs';
+import { Readable, pipeline } from 'node:stream';
+import { createGunzip } from 'node:zlib';
+import { ndjsonSplit, type SplitOptions } from '../../transforms/ndjsonSplit.js';
+import { HxError } from '../errors.js';
+import type { StageContext } from '../stage.js';
+import type { Batch } from '../types.js';
+
+export interface ReadOptions extends StageContext, Pick<SplitOptions, 'maxLineBytes' | 'unpackBundles' | 'onBundle'> {
+  /** Told the bytes read so far (compressed bytes for gzip files). */
+  onBytes?: (bytes: number) => void;
+  /** Bytes per read from files. */
+  chunkBytes?: number;
+}
+
+/** Sum of the input files' sizes, or undefined when stdin is among them. */
+export function inputSize(paths: string[]): number | undefined {
+  let total = 0;
+  for (const path of paths) {
+    if (path === '-') return undefined;
+    total += statSync(path).size;
+  }
+  return total;
+}
+
+/**
+ * Every input (files in order, `-` or nothing for stdin), decompressed when
+ * its first bytes are gzip's magic, framed into Batches of resources.
+ * Pulls one input at a time and only as fast as the consumer reads.
+ */
+export function readInputs(paths: string[], options: ReadOptions): Readable {
+  const inputs = paths.length > 0 ? paths : ['-'];
+  return Readable.from(readAll(inputs, options), { objectMode: true, highWaterMark: 4 });
+}
+
+async function* readAll(paths: string[], options: ReadOptions): AsyncGenerator<Batch> {
+  let before = 0;
+  for (const path of paths) {
+    const raw = openRaw(path, options.chunkBytes ?? 1 << 20);
+    let counted = 0;
+    const report = () => {
+      counted = (raw as { bytesRead?: number }).bytesRead ?? counted;
+      options.onBytes?.(before + counted);
+    };
+    const bytes = await decompressed(raw, path);
+    const split = ndjsonSplit({ ...options, source: path });
+    const stages = bytes === raw ? [raw, split] : [raw, bytes, split];
+    const tail = pipeline(stages as [Readable, ...NodeJS.ReadWriteStream[]], () => {}) as unknown as Readable;
+    try {
+      for await (const batch of tail) {
+        if ('bytesRead' in raw) report();
+        yield batch as Batch;
+      }
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code ?? '';
+      if (code.startsWith('Z_')) throw new HxError(`${path}: gzip data is corrupt or truncated (${code})`);
+      if (code === 'EISDIR') throw new HxError(`${path}: is a directory`);
+      throw err;
+    }
+    if ('bytesRead' in raw) report();
+    before += counted;
+  }
+}
+
+function openRaw(path: string, chunkBytes: number): Readable {
+  if (path === '-') return process.stdin;
+  const stream = createReadStream(path, { highWaterMark: chunkBytes });
+  return stream;
+}
+
+/** The stream itself, or a gunzip of it when it starts with 1f 8b. */
+async function decompressed(raw: Readable, path: string): Promise<Readable> {
+  const head = await peek(raw, 2, path);
+  if (head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b) return createGunzip();
+  return raw;
+}
+
+/** Reads at least `n` bytes (or to the end) and puts them back. */
+function peek(stream: Readable, n: number, path: string): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const parts: Buffer[] = [];
+    let have = 0;
+    const done = (err?: Error) => {
+      stream.off('readable', onReadable);
+      stream.off('end', onEnd);
+      stream.off('error', onError);
+      const head = Buffer.concat(parts);
+      if (head.length > 0) stream.unshift(head);
+      if (err) reject(err);
+      else resolve(head);
+    };
+    const onReadable = () => {
+      let chunk: Buffer | null;
+      while (have < n && (chunk = stream.read()) !== null) {
+        parts.push(chunk);
+        have += chunk.length;
+      }
+      if (have >= n) done();
+    };
+    const onEnd = () => done();
+    const onError = (err: NodeJS.ErrnoException) =>
+      done(new HxError(err.code === 'ENOENT' ? `${path}: no such file` : `${path}: ${err.message}`));
+    stream.on('readable', onReadable);
+    stream.once('end', onEnd);
+    stream.once('error', onError);
+  });
+}

@@ -1,0 +1,29 @@
+/** A FHIR resource as parsed JSON. Only `resourceType` is guaranteed by the spine. */
+export interface Resource {
+  resourceType: string;
+  id?: string;
+  [key: string]: unknown;
+}
+
+/**
+ * The unit that flows between stream stages: the resources read from one
+ * chunk of one input, with the line each started on. Batching keeps the
+ * per-record cost of Node streams off the hot path (see README, "Design").
+ */
+export interface Batch {
+  /** Input name, `-` for stdin. */
+  source: string;
+  /** 1-based line on which each resource starts in `source`. */
+  lines: number[];
+  resources: Resource[];
+}
+
+/** Where a record came from, for messages that must not carry its content. */
+export interface Location {
+  source: string;
+  line: number;
+}
+
+export function formatLocation(loc: Location): string {
+  return `${loc.source}:${loc.line}`;
+}

@@ -1,0 +1,402 @@
+/**
+ * ndjsonSplit: bytes → FHIR resources.
+ *
+ * The per-record core is `parseRecord` (one line of text → a resource or a
+ * rejection reason) with `unpackBundle` beside it; the stream stage is
+ * `ndjsonSplit()`, a Transform from the (already decompressed) bytes of one
+ * input to `Batch`es of resources.
+ *
+ * NDJSON is framed on raw Buffers: each chunk is cut at its last newline and
+ * decoded once, then split with `indexOf`. A FHIR Bundle document (pretty
+ * or on one line, of any size) or a top-level JSON array is recognised by its
+ * first bytes and streamed entry by entry by the DocumentScanner; whatever
+ * follows that document is read as NDJSON again. A Bundle met as an NDJSON
+ * line is unpacked too (unless `unpackBundles: false`), so
+ * `hx bundle | hx cat` gives the resources back.
+ */
+import { Transform, type TransformCallback } from 'node:stream';
+import { RecordRejected } from '../src/errors.js';
+import { DocumentScanner } from '../src/io/documentScanner.js';
+import type { StageContext } from '../src/stage.js';
+import { formatLocation, type Batch, type Location, type Resource } from '../src/types.js';
+
+export const DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024;
+
+export interface SplitOptions extends StageContext {
+  /** Name used in messages and rejects (`-` for stdin). */
+  source: string;
+  /** Longest line (or Bundle entry) accepted, in bytes. */
+  maxLineBytes?: number;
+  /** Emit the resources of Bundles rather than the Bundles (default true). */
+  unpackBundles?: boolean;
+  /** Told the members of each Bundle other than its entries (`type`, `total`, `link`). */
+  onBundle?: (bundle: Resource, loc: Location) => void;
+}
+
+/** The core: one JSON text → a resource, or the reason it is not one. */
+export function parseRecord(text: string): Resource | RecordRejected {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    return new RecordRejected(jsonErrorReason(err as Error, text));
+  }
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    return new RecordRejected(`not a JSON object (${Array.isArray(value) ? 'array' : value === null ? 'null' : typeof value})`);
+  }
+  const type = (value as { resourceType?: unknown }).resourceType;
+  if (type === undefined) return new RecordRejected('missing resourceType');
+  if (typeof type !== 'string' || !/^[A-Z][A-Za-z]{0,63}$/.test(type)) return new RecordRejected('resourceType is not a FHIR type name');
+  return value as Resource;
+}
+
+/**
+ * V8's JSON.parse messages quote the input (it may be PHI): keep only the
+ * position, as a 1-based column.
+ */
+function jsonErrorReason(err: Error, text: string): string {
+  const at = /at position (\d+)/.exec(err.message);
+  if (at) return `invalid JSON (column ${Number(at[1]) + 1})`;
+  if (/end of JSON input/.test(err.message)) return `invalid JSON (ends at column ${text.length + 1})`;
+  return 'invalid JSON';
+}
+
+export interface EntrySink {
+  resource(resource: Resource): void;
+  reject(reason: string, text: () => string): void;
+  /** A `search.mode: outcome` entry: a server's message, not data. */
+  outcome(message: string): void;
+  /** An entry with no resource (a DELETE request, say). */
+  empty(): void;
+}
+
+/** The resources of one Bundle entry, as told to `sink`. */
+export function unpackEntry(entry: unknown, index: number, sink: EntrySink): void {
+  if (entry === null || typeof entry !== 'object' || Array.isArray(entry)) {
+    sink.reject(`entry ${index}: not a JSON object`, () => JSON.stringify(entry));
+    return;
+  }
+  const { resource, search } = entry as { resource?: unknown; search?: { mode?: unknown } };
+  if (search?.mode === 'outcome') {
+    sink.outcome(`entry ${index}: search outcome: ${outcomeText(resource)}`);
+    return;
+  }
+  if (resource === undefined) {
+    sink.empty();
+    return;
+  }
+  const parsed = checkRecord(resource);
+  if (parsed instanceof RecordRejected) sink.reject(`entry ${index}: ${parsed.reason}`, () => JSON.stringify(entry));
+  else sink.resource(parsed);
+}
+
+function checkRecord(value: unknown): Resource | RecordRejected {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) return new RecordRejected('resource is not a JSON object');
+  const type = (value as { resourceType?: unknown }).resourceType;
+  if (type === undefined) return new RecordRejected('missing resourceType');
+  if (typeof type !== 'string' || !/^[A-Z][A-Za-z]{0,63}$/.test(type)) return new RecordRejected('resourceType is not a FHIR type name');
+  return value as Resource;
+}
+
+/** The human text of an OperationOutcome: its issues' diagnostics or details. */
+export function outcomeText(resource: unknown): string {
+  const issues = (resource as { issue?: unknown })?.issue;
+  if (!Array.isArray(issues) || issues.length === 0) return '(no issue text)';
+  return issues
+    .map((issue: { severity?: string; diagnostics?: string; details?: { text?: string } }) =>
+      [issue?.severity, issue?.diagnostics ?? issue?.details?.text].filter(Boolean).join(': '),
+    )
+    .join('; ');
+}
+
+type Mode = 'sniff' | 'lines' | 'document';
+const SNIFF_BYTES = 1024;
+const BOM = Buffer.from([0xef, 0xbb, 0xbf]);
+
+export function ndjsonSplit(options: SplitOptions): Transform {
+  return new NdjsonSplit(options);
+}
+
+class NdjsonSplit extends Transform {
+  private readonly maxBytes: number;
+  private readonly unpack: boolean;
+  private mode: Mode = 'sniff';
+  private sniffParts: Buffer[] = [];
+  private sniffBytes = 0;
+  /** Bytes of the line being assembled, carried from earlier chunks. */
+  private carry: Buffer[] = [];
+  private carryBytes = 0;
+  /** True while discarding the rest of a line that exceeds the cap. */
+  private overlong = false;
+  /** Number of the last line completed. */
+  private lineNo = 0;
+  /** The first line fragment after a document is the rest of its last line. */
+  private afterDocument = false;
+  private scanner: DocumentScanner | undefined;
+  /** Index of the next streamed entry of the current document. */
+  private entryIndex = 0;
+  private batch: Batch;
+
+  constructor(private readonly options: SplitOptions) {
+    super({ readableObjectMode: true });
+    this.maxBytes = options.maxLineBytes ?? DEFAULT_MAX_LINE_BYTES;
+    this.unpack = options.unpackBundles ?? true;
+    this.batch = this.newBatch();
+  }
+
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    try {
+      this.consume(chunk, false);
+      this.flushBatch();
+      callback();
+    } catch (err) {
+      callback(err as Error);
+    }
+  }
+
+  override _flush(callback: TransformCallback): void {
+    try {
+      this.consume(Buffer.alloc(0), true);
+      this.flushBatch();
+      callback();
+    } catch (err) {
+      callback(err as Error);
+    }
+  }
+
+  private consume(chunk: Buffer, ended: boolean): void {
+    if (this.mode === 'sniff') {
+      this.sniffParts.push(chunk);
+      this.sniffBytes += chunk.length;
+      if (this.sniffBytes < SNIFF_BYTES && !ended) return;
+      let head = Buffer.concat(this.sniffParts);
+      this.sniffParts = [];
+      if (head.subarray(0, 3).equals(BOM)) head = head.subarray(3);
+      this.mode = looksLikeDocument(head) ? 'document' : 'lines';
+      chunk = head;
+    }
+    let from = 0;
+    if (this.mode === 'document') {
+      this.scanner ??= this.newScanner();
+      const end = this.scanner.push(chunk, 0);
+      if (end < 0) {
+        if (ended) this.endDocument(true);
+        return;
+      }
+      this.endDocument(false);
+      from = end;
+    }
+    this.consumeLines(chunk, from, ended);
+  }
+
+  private newScanner(): DocumentScanner {
+    return new DocumentScanner(
+      {
+        onElement: (text, line) => this.element(text, line),
+        onBadElement: (reason, line) => this.reject(line, reason, () => undefined),
+      },
+      this.maxBytes,
+      this.lineNo + 1,
+    );
+  }
+
+  /** A document ended (or the input ended inside it): emit what its members hold. */
+  private endDocument(truncated: boolean): void {
+    const scanner = this.scanner!;
+    const line = scanner.line;
+    this.scanner = undefined;
+    this.entryIndex = 0;
+    this.mode = 'lines';
+    this.lineNo = line - 1;
+    this.afterDocument = true;
+    if (truncated) {
+      if (scanner.started) this.reject(line, 'JSON document ends before its closing bracket (truncated input?)', () => undefined);
+      return;
+    }
+    let meta: string | undefined;
+    try {
+      meta = scanner.meta();
+    } catch (err) {
+      this.reject(line, (err as Error).message, () => undefined);
+      return;
+    }
+    if (meta === undefined) return; // a top-level array: all was in its elements
+    const parsed = parseRecord(meta);
+    if (parsed instanceof RecordRejected) {
+      this.reject(line, `document: ${parsed.reason}`, () => meta);
+      return;
+    }
+    if (parsed.resourceType === 'Bundle') {
+      const { entry, ...rest } = parsed;
+      // Entries were streamed unless the document held them before saying it was a Bundle.
+      if (Array.isArray(entry) && entry.length > 0) this.unpackBundle(parsed, line);
+      else this.options.onBundle?.(rest as Resource, { source: this.options.source, line });
+      return;
+    }
+    this.emit1(parsed, line);
+  }
+
+  private consumeLines(chunk: Buffer, from: number, ended: boolean): void {
+    const last = chunk.lastIndexOf(0x0a);
+    if (last < from) {
+      this.appendCarry(chunk.subarray(from));
+    } else {
+      let text: string;
+      if (this.carryBytes > 0 || this.overlong) {
+        this.appendCarry(chunk.subarray(from, last + 1));
+        text = this.takeCarry();
+      } else {
+        text = chunk.toString('utf8', from, last + 1);
+      }
+      this.lines(text);
+      this.appendCarry(chunk.subarray(last + 1));
+    }
+    if (!ended) return;
+    if (this.overlong) {
+      this.overlong = false;
+      this.lineNo++;
+      this.reject(this.lineNo, `line longer than ${this.maxBytes} bytes`, () => undefined);
+    } else if (this.carryBytes > 0) {
+      this.lines(this.takeCarry() + '\n');
+    }
+  }
+
+  private appendCarry(part: Buffer): void {
+    if (part.length === 0) return;
+    if (this.overlong) {
+      // Discard until the end of the line; keep the newline and what follows.
+      const nl = part.indexOf(0x0a);
+      if (nl < 0) return;
+      this.overlong = false;
+      this.lineNo++;
+      this.reject(this.lineNo, `line longer than ${this.maxBytes} bytes`, () => undefined);
+      this.afterDocument = false;
+      part = part.subarray(nl + 1);
+      if (part.length === 0) return;
+    }
+    this.carry.push(part);
+    this.carryBytes += part.length;
+    if (this.carryBytes > this.maxBytes && part.lastIndexOf(0x0a) < 0) {
+      this.carry = [];
+      this.carryBytes = 0;
+      this.overlong = true;
+    }
+  }
+
+  private takeCarry(): string {
+    const text = this.carry.length === 1 ? this.carry[0]!.toString('utf8') : Buffer.concat(this.carry).toString('utf8');
+    this.carry = [];
+    this.carryBytes = 0;
+    return text;
+  }
+
+  /** Handles complete lines: `text` ends with a newline. */
+  private lines(text: string): void {
+    let pos = 0;
+    for (let nl = text.indexOf('\n'); nl >= 0; nl = text.indexOf('\n', pos)) {
+      let end = nl;
+      if (end > pos && text.charCodeAt(end - 1) === 0x0d) end--;
+      this.lineNo++;
+      this.line(text, pos, end);
+      pos = nl + 1;
+    }
+  }
+
+  private line(text: string, start: number, end: number): void {
+    const first = text.charCodeAt(start);
+    if (first !== 0x7b /* { */) {
+      const trimmed = text.slice(start, end).trim();
+      if (trimmed === '') {
+        if (this.afterDocument) this.afterDocument = false;
+        else this.options.account.skippedBlank++;
+        return;
+      }
+      if (this.afterDocument) {
+        this.afterDocument = false;
+        this.reject(this.lineNo, 'unexpected text after the JSON document', () => trimmed);
+        return;
+      }
+    }
+    this.afterDocument = false;
+    const line = text.slice(start, end);
+    if (line.length > this.maxBytes / 3 && Buffer.byteLength(line) > this.maxBytes) {
+      this.reject(this.lineNo, `line longer than ${this.maxBytes} bytes`, () => undefined);
+      return;
+    }
+    const parsed = parseRecord(line);
+    if (parsed instanceof RecordRejected) this.reject(this.lineNo, parsed.reason, () => line);
+    else if (parsed.resourceType === 'Bundle' && this.unpack) this.unpackBundle(parsed, this.lineNo);
+    else this.emit1(parsed, this.lineNo);
+  }
+
+  /** A streamed element: a Bundle entry, or a resource of a top-level array. */
+  private element(text: string, line: number): void {
+    if (this.scanner?.isArray) {
+      const parsed = parseRecord(text);
+      if (parsed instanceof RecordRejected) this.reject(line, parsed.reason, () => text);
+      else if (parsed.resourceType === 'Bundle' && this.unpack) this.unpackBundle(parsed, line);
+      else this.emit1(parsed, line);
+      return;
+    }
+    let entry: unknown;
+    try {
+      entry = JSON.parse(text);
+    } catch (err) {
+      this.reject(line, `entry: ${jsonErrorReason(err as Error, text)}`, () => text);
+      return;
+    }
+    this.entry(entry, this.entryIndex++, line);
+  }
+
+  private unpackBundle(bundle: Resource, line: number): void {
+    const { entry, ...rest } = bundle;
+    this.options.onBundle?.(rest as Resource, { source: this.options.source, line });
+    if (entry === undefined) return;
+    if (!Array.isArray(entry)) {
+      this.reject(line, 'Bundle.entry is not an array', () => JSON.stringify(bundle));
+      return;
+    }
+    for (let i = 0; i < entry.length; i++) this.entry(entry[i], i, line);
+  }
+
+  private entry(entry: unknown, index: number, line: number): void {
+    unpackEntry(entry, index, {
+      resource: (resource) => this.emit1(resource, line),
+      reject: (reason, text) => this.reject(line, reason, text),
+      outcome: (message) => this.options.account.warn(`${formatLocation({ source: this.options.source, line })}: ${message}`),
+      empty: () => this.options.account.entriesWithoutResource++,
+    });
+  }
+
+  private emit1(resource: Resource, line: number): void {
+    this.options.account.read++;
+    this.batch.resources.push(resource);
+    this.batch.lines.push(line);
+  }
+
+  private reject(line: number, reason: string, text: () => string | undefined): void {
+    this.options.account.read++;
+    this.options.rejects.reject({ source: this.options.source, line }, reason, text);
+  }
+
+  private newBatch(): Batch {
+    return { source: this.options.source, lines: [], resources: [] };
+  }
+
+  private flushBatch(): void {
+    if (this.batch.resources.length === 0) return;
+    this.push(this.batch);
+    this.batch = this.newBatch();
+  }
+}
+
+/**
+ * A Bundle document or a top-level array, rather than NDJSON: the input
+ * opens with `[`, with `{` alone on its line (pretty-printed JSON), or with
+ * `{"resourceType":"Bundle"`. A one-line Bundle is a document too, so a
+ * multi-GB Bundle on one line never has to fit in a line buffer.
+ */
+export function looksLikeDocument(head: Buffer): boolean {
+  const text = head.toString('latin1', 0, Math.min(head.length, SNIFF_BYTES));
+  return /^\s*(?:\[|\{[ \t]*\r?\n|\{\s*"resourceType"\s*:\s*"Bundle")/.test(text);
+}
