@@ -2,7 +2,7 @@ import { Transform } from 'node:stream';
 import type { Account } from './account.js';
 import { RecordRejected } from './errors.js';
 import type { Rejects } from './rejects.js';
-import type { Batch, Location, Resource } from './types.js';
+import { BATCHES_IN_FLIGHT, type Batch, type Location, type Resource } from './types.js';
 
 /** What every stream stage needs from the run: the account and the reject policy. */
 export interface StageContext {
@@ -24,6 +24,7 @@ export type RecordCore = (resource: Resource, loc: Location) => Resource | null;
 export function mapStage(core: RecordCore, ctx: StageContext, dropReason = 'dropped'): Transform {
   return new Transform({
     objectMode: true,
+    highWaterMark: BATCHES_IN_FLIGHT,
     transform(batch: Batch, _encoding, callback) {
       try {
         callback(null, mapBatch(batch, core, ctx, dropReason));

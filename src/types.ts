@@ -27,3 +27,10 @@ export interface Location {
 export function formatLocation(loc: Location): string {
   return `${loc.source}:${loc.line}`;
 }
+
+/**
+ * How many batches an object-mode stage buffers on each side. Node's default
+ * (16) would hold megabytes of parsed records per stage; a few suffice to
+ * keep every stage busy.
+ */
+export const BATCHES_IN_FLIGHT = 4;

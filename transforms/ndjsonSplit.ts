@@ -18,7 +18,7 @@ import { Transform, type TransformCallback } from 'node:stream';
 import { RecordRejected } from '../src/errors.js';
 import { DocumentScanner } from '../src/io/documentScanner.js';
 import type { StageContext } from '../src/stage.js';
-import { formatLocation, type Batch, type Location, type Resource } from '../src/types.js';
+import { BATCHES_IN_FLIGHT, formatLocation, type Batch, type Location, type Resource } from '../src/types.js';
 
 export const DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024;
 
@@ -138,7 +138,7 @@ class NdjsonSplit extends Transform {
   private batch: Batch;
 
   constructor(private readonly options: SplitOptions) {
-    super({ readableObjectMode: true });
+    super({ readableObjectMode: true, readableHighWaterMark: BATCHES_IN_FLIGHT });
     this.maxBytes = options.maxLineBytes ?? DEFAULT_MAX_LINE_BYTES;
     this.unpack = options.unpackBundles ?? true;
     this.batch = this.newBatch();

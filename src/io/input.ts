@@ -4,7 +4,14 @@ import { createGunzip } from 'node:zlib';
 import { ndjsonSplit, type SplitOptions } from '../../transforms/ndjsonSplit.js';
 import { HxError } from '../errors.js';
 import type { StageContext } from '../stage.js';
-import type { Batch } from '../types.js';
+import { BATCHES_IN_FLIGHT, type Batch } from '../types.js';
+
+/**
+ * Bytes per read. Smaller chunks make smaller batches whose records die
+ * young in V8's nursery; larger ones cost fewer calls. 64 KiB measured best
+ * (README, "Design").
+ */
+export const DEFAULT_CHUNK_BYTES = 64 * 1024;
 
 export interface ReadOptions extends StageContext, Pick<SplitOptions, 'maxLineBytes' | 'unpackBundles' | 'onBundle'> {
   /** Told the bytes read so far (compressed bytes for gzip files). */
@@ -30,13 +37,13 @@ export function inputSize(paths: string[]): number | undefined {
  */
 export function readInputs(paths: string[], options: ReadOptions): Readable {
   const inputs = paths.length > 0 ? paths : ['-'];
-  return Readable.from(readAll(inputs, options), { objectMode: true, highWaterMark: 4 });
+  return Readable.from(readAll(inputs, options), { objectMode: true, highWaterMark: BATCHES_IN_FLIGHT });
 }
 
 async function* readAll(paths: string[], options: ReadOptions): AsyncGenerator<Batch> {
   let before = 0;
   for (const path of paths) {
-    const raw = openRaw(path, options.chunkBytes ?? 1 << 20);
+    const raw = openRaw(path, options.chunkBytes ?? DEFAULT_CHUNK_BYTES);
     let counted = 0;
     const report = () => {
       counted = (raw as { bytesRead?: number }).bytesRead ?? counted;

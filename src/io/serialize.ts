@@ -1,6 +1,6 @@
 import { Transform } from 'node:stream';
 import type { Account } from '../account.js';
-import type { Batch } from '../types.js';
+import { BATCHES_IN_FLIGHT, type Batch } from '../types.js';
 
 /**
  * Batches → NDJSON text, one resource per line, counting what is written.
@@ -9,6 +9,7 @@ import type { Batch } from '../types.js';
 export function ndjsonSerialize(account: Account): Transform {
   return new Transform({
     writableObjectMode: true,
+    writableHighWaterMark: BATCHES_IN_FLIGHT,
     transform(batch: Batch, _encoding, callback) {
       let text = '';
       for (const resource of batch.resources) {
