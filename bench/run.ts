@@ -1,0 +1,106 @@
+/**
+ * The benchmark: generates the synthetic corpus (if missing), runs each
+ * command on the same file, and prints a Markdown table of MB/s, records/s,
+ * peak RSS and the ratio to Node's own parse + stringify ceiling.
+ *
+ *   npm run bench                      # 1000 MB corpus
+ *   npm run bench -- --mb 100          # another size
+ *   npm run bench -- --only cat,ceiling
+ *
+ * Each command runs under /usr/bin/time with its output sent to /dev/null;
+ * the peak RSS is the largest process of the command (so for a unix pipe,
+ * its largest stage).
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { generateAll } from './generate.js';
+
+interface Row {
+  name: string;
+  /** A bash command; $F is the NDJSON corpus, $GZ its gzip, $BUNDLE the Bundle form, $HX the CLI. */
+  command: string;
+  /** Which input the MB/s are counted on. */
+  input?: 'ndjson' | 'gz' | 'bundle';
+  /** Not a measure of hx: shown for comparison, ratio not computed. */
+  reference?: boolean;
+}
+
+const ROWS: Row[] = [
+  { name: 'floor: cat', command: 'cat $F', reference: true },
+  { name: 'Node ceiling: split + parse + stringify', command: 'node dist/bench/ceiling.js $F', reference: true },
+  { name: 'jq -c .', command: 'jq -c . $F', reference: true },
+  { name: '`ndjson` package round trip', command: 'node dist/bench/libraries.js ndjson $F', reference: true },
+  { name: 'stream-json JSONL parser (parse only)', command: 'node dist/bench/libraries.js stream-json-jsonl $F', reference: true },
+  { name: 'stream-json pick + streamArray on the Bundle (parse only)', command: 'node dist/bench/libraries.js stream-json-bundle $BUNDLE', input: 'bundle', reference: true },
+  { name: 'hx cat (NDJSON)', command: '$HX cat $F' },
+  { name: 'hx cat (.ndjson.gz)', command: '$HX cat $GZ', input: 'gz' },
+  { name: 'hx cat (Bundle JSON)', command: '$HX cat $BUNDLE', input: 'bundle' },
+  { name: 'hx count', command: '$HX count $F' },
+];
+
+interface Result {
+  row: Row;
+  seconds: number;
+  peakKb: number;
+  mbPerSecond: number;
+  recordsPerSecond: number;
+}
+
+function arg(name: string, fallback: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1]! : fallback;
+}
+
+function measure(row: Row, env: NodeJS.ProcessEnv, inputBytes: number, records: number): Result | undefined {
+  if (row.command.startsWith('jq') && spawnSync('which', ['jq']).status !== 0) return undefined;
+  const run = spawnSync('/usr/bin/time', ['-f', '%e %M', 'bash', '-c', `${row.command} > /dev/null`], { env, encoding: 'utf8' });
+  const last = run.stderr.trim().split('\n').at(-1)!;
+  const [seconds, peakKb] = last.split(' ').map(Number) as [number, number];
+  if (run.status !== 0) {
+    process.stderr.write(`  ${row.name}: failed (${run.stderr.trim().split('\n')[0]})\n`);
+    return undefined;
+  }
+  return { row, seconds, peakKb, mbPerSecond: inputBytes / 1e6 / seconds, recordsPerSecond: records / seconds };
+}
+
+function machine(): string {
+  const model = cpus()[0]?.model.trim() ?? 'unknown CPU';
+  const memGb = Math.round(Number(readFileSync('/proc/meminfo', 'utf8').match(/MemTotal:\s+(\d+)/)![1]) / 1024 / 1024);
+  return `${cpus().length} × ${model}, ${memGb} GiB, Node ${process.version}`;
+}
+
+const mb = Number(arg('mb', '1000'));
+const only = arg('only', '').split(',').filter(Boolean);
+const base = `bench/data/corpus-${mb}`;
+if (!existsSync(`${base}.bundle.json`)) {
+  process.stderr.write(`generating ${base}.* (${mb} MB)…\n`);
+  await generateAll(base, mb);
+}
+const files = { ndjson: `${base}.ndjson`, gz: `${base}.ndjson.gz`, bundle: `${base}.bundle.json` };
+const records = Number(execFileSync('bash', ['-c', `wc -l < ${files.ndjson}`], { encoding: 'utf8' }).trim());
+const env = { ...process.env, F: files.ndjson, GZ: files.gz, BUNDLE: files.bundle, HX: 'node dist/src/cli/main.js' };
+const ndjsonBytes = statSync(files.ndjson).size;
+
+const results: Result[] = [];
+for (const row of ROWS) {
+  if (only.length && !only.some((o) => row.name.includes(o))) continue;
+  process.stderr.write(`  ${row.name}…\n`);
+  // MB/s are counted on the NDJSON size for every row, so rows compare on the same data.
+  const result = measure(row, env, ndjsonBytes, records);
+  if (result) results.push(result);
+}
+
+const ceiling = results.find((r) => r.row.name.startsWith('Node ceiling'));
+const lines = [
+  `Corpus: ${(ndjsonBytes / 1e6).toFixed(0)} MB of NDJSON, ${records.toLocaleString('en')} resources (also as .gz and as one Bundle). ` +
+    `Machine: ${machine()}. Date: ${new Date().toISOString().slice(0, 10)}.`,
+  '',
+  '| command | s | MB/s | records/s | peak RSS | vs Node ceiling |',
+  '|---|---:|---:|---:|---:|---:|',
+  ...results.map((r) => {
+    const ratio = ceiling && !r.row.reference ? `${Math.round((ceiling.seconds / r.seconds) * 100)}%` : '';
+    return `| ${r.row.name} | ${r.seconds.toFixed(2)} | ${r.mbPerSecond.toFixed(0)} | ${Math.round(r.recordsPerSecond).toLocaleString('en')} | ${(r.peakKb / 1024).toFixed(0)} MB | ${ratio} |`;
+  }),
+];
+process.stdout.write(lines.join('\n') + '\n');
