@@ -31,6 +31,11 @@ export interface SplitOptions extends StageContext {
   unpackBundles?: boolean;
   /** Told the members of each Bundle other than its entries (`type`, `total`, `link`). */
   onBundle?: (bundle: Resource, loc: Location) => void;
+  /**
+   * For cheap pre-scans: a line or streamed Bundle entry whose raw text fails
+   * this test is skipped unparsed and uncounted (pretag's first pass).
+   */
+  prefilter?: (text: string) => boolean;
 }
 
 /** The core: one JSON text → a resource, or the reason it is not one. */
@@ -323,6 +328,7 @@ class NdjsonSplit extends Transform {
       this.reject(this.lineNo, `line longer than ${this.maxBytes} bytes`, () => undefined);
       return;
     }
+    if (this.options.prefilter && !this.options.prefilter(line)) return;
     const parsed = parseRecord(line);
     if (parsed instanceof RecordRejected) this.reject(this.lineNo, parsed.reason, () => line);
     else if (parsed.resourceType === 'Bundle' && this.unpack) this.unpackBundle(parsed, this.lineNo);
@@ -331,6 +337,10 @@ class NdjsonSplit extends Transform {
 
   /** A streamed element: a Bundle entry, or a resource of a top-level array. */
   private element(text: string, line: number): void {
+    if (this.options.prefilter && !this.options.prefilter(text)) {
+      if (!this.scanner?.isArray) this.entryIndex++;
+      return;
+    }
     if (this.scanner?.isArray) {
       const parsed = parseRecord(text);
       if (parsed instanceof RecordRejected) this.reject(line, parsed.reason, () => text);
