@@ -1,0 +1,404 @@
+/**
+ * pretag: Curatr pre-tags on Observations (contract: shared/contracts/healthclaw.md,
+ * "Curatr pre-tags"). A tag is a FHIR extension appended to `extension[]`;
+ * nothing else of any resource changes.
+ *
+ * The per-record cores are `hFlagTiter`, `missingResult`, `smokingStatus`
+ * and `addTags`. `smoking_contradiction` needs the other smoking-status
+ * Observations of the same patient, so the stream stage `pretagStage` keeps a
+ * few bits per patient (see `PatientStates`) and works in one of two ways:
+ *
+ * - two passes (`rescan` given, for seekable files): a first cheap read
+ *   of the smoking-status Observations settles every patient, the second
+ *   read tags and writes. Output order = input order.
+ * - spool (a pipe): every resource other than a smoking-status Observation
+ *   passes at once; the smoking-status Observations go to a temporary file
+ *   and come out, tagged where their patient turned out contradictory, after
+ *   everything else, in input order.
+ *
+ * Either way memory holds the patient bits, never the records.
+ */
+import { Duplex } from 'node:stream';
+import { RecordRejected } from '../src/errors.js';
+import { CONTRADICTORY, EVER, NEVER, PatientStates } from '../src/pretag/patientStates.js';
+import { Spool } from '../src/pretag/spool.js';
+import type { RecordCore, StageContext } from '../src/stage.js';
+import type { Batch, Location, Resource } from '../src/types.js';
+
+export const PRETAG_URL = 'https://healthclaw.example.org/fhir/StructureDefinition/curatr-pretag';
+
+/** The tags, in the order they are added to one resource. */
+export const PRETAG_CODES = ['smoking_contradiction', 'h_flag_titer', 'missing_result'] as const;
+export type PretagCode = (typeof PRETAG_CODES)[number];
+
+export const PRETAG_TEXT: Readonly<Record<PretagCode, string>> = {
+  smoking_contradiction: 'Conflicting smoking status records detected \u2014 review recommended',
+  h_flag_titer: 'High-value flag present \u2014 clinical review recommended',
+  missing_result: 'Observation has no result value \u2014 may indicate pending or cancelled result',
+};
+
+/** LOINC "Tobacco smoking status": the Observations `smoking_contradiction` compares. */
+export const SMOKING_STATUS_CODE = '72166-2';
+/** SNOMED "Never smoker" codes; any other SNOMED code means "ever smoked". */
+export const NEVER_SMOKER_CODES: ReadonlySet<string> = new Set(['266919005', '221000119102']);
+const HIGH_FLAGS: ReadonlySet<string> = new Set(['H', 'HH', 'HU']);
+
+export type SmokingStatus = 'never' | 'ever' | 'unknown';
+
+// ---------------------------------------------------------------- per-record cores
+
+/** Is this an Observation with a `code.coding[].code` of 72166-2 (any system)? */
+export function isSmokingObservation(resource: Resource): boolean {
+  if (resource.resourceType !== 'Observation') return false;
+  const coding = (resource.code as { coding?: unknown } | undefined)?.coding;
+  if (!Array.isArray(coding)) return false;
+  for (const c of coding) if ((c as { code?: unknown } | null)?.code === SMOKING_STATUS_CODE) return true;
+  return false;
+}
+
+/**
+ * The smoking status a smoking-status Observation records, from the first
+ * `valueCodeableConcept.coding[]` whose system, lower-cased, contains
+ * "snomed": a never-smoker code is 'never', any other code 'ever'; no such
+ * coding (or one without a code) is 'unknown'. `undefined` when the resource
+ * is not a smoking-status Observation.
+ */
+export function smokingStatus(resource: Resource): SmokingStatus | undefined {
+  if (!isSmokingObservation(resource)) return undefined;
+  const coding = (resource.valueCodeableConcept as { coding?: unknown } | undefined)?.coding;
+  if (!Array.isArray(coding)) return 'unknown';
+  for (const c of coding as ({ system?: unknown; code?: unknown } | null)[]) {
+    if (typeof c?.system !== 'string' || !c.system.toLowerCase().includes('snomed')) continue;
+    if (typeof c.code !== 'string') return 'unknown';
+    return NEVER_SMOKER_CODES.has(c.code) ? 'never' : 'ever';
+  }
+  return 'unknown';
+}
+
+/**
+ * `h_flag_titer`: an interpretation code H, HH or HU, or a `valueString`
+ * that contains ">>>" or starts, after leading white space, with a capital H
+ * (so "High" and "Hemolyzed" are tagged, "high" is not: the contract's rule).
+ */
+export function hFlagTiter(resource: Resource): boolean {
+  if (resource.resourceType !== 'Observation') return false;
+  const interpretation = resource.interpretation;
+  if (Array.isArray(interpretation)) {
+    for (const concept of interpretation) {
+      const coding = (concept as { coding?: unknown } | null)?.coding;
+      if (!Array.isArray(coding)) continue;
+      for (const c of coding) {
+        const code = (c as { code?: unknown } | null)?.code;
+        if (typeof code === 'string' && HIGH_FLAGS.has(code)) return true;
+      }
+    }
+  }
+  const text = resource.valueString;
+  return typeof text === 'string' && (text.includes('>>>') || text.trimStart().startsWith('H'));
+}
+
+/** `missing_result`: no top-level key starting with "value" (a `valueBoolean: false` is a result). */
+export function missingResult(resource: Resource): boolean {
+  if (resource.resourceType !== 'Observation') return false;
+  for (const key in resource) if (key.startsWith('value')) return false;
+  return true;
+}
+
+/** Whose smoking status a record is: `subject.reference`, or '' for the subject-less, judged together. */
+export function subjectReference(resource: Resource): string {
+  const reference = (resource.subject as { reference?: unknown } | undefined)?.reference;
+  return typeof reference === 'string' ? reference : '';
+}
+
+/** One pre-tag extension, exactly as the contract spells it. */
+export function pretagExtension(code: PretagCode): Record<string, unknown> {
+  const text = PRETAG_TEXT[code];
+  return {
+    url: PRETAG_URL,
+    valueCodeableConcept: { coding: [{ system: PRETAG_URL, code, display: text }], text },
+  };
+}
+
+/** The pre-tag codes a resource carries, in order of its extensions (any code, known or not). */
+export function pretagCodesOf(resource: Resource): string[] {
+  const extensions = resource.extension;
+  if (!Array.isArray(extensions)) return [];
+  const codes: string[] = [];
+  for (const ext of extensions as ({ url?: unknown; valueCodeableConcept?: { coding?: unknown } } | null)[]) {
+    if (ext?.url !== PRETAG_URL) continue;
+    const coding = ext.valueCodeableConcept?.coding;
+    const code = Array.isArray(coding) ? (coding[0] as { code?: unknown } | null)?.code : undefined;
+    if (typeof code === 'string') codes.push(code);
+  }
+  return codes;
+}
+
+/**
+ * The resource with a pre-tag for each of `codes` it does not carry yet,
+ * appended after its existing extensions in the contract's order (smoking,
+ * H flag, missing). Returns the same object when nothing is added, else a
+ * shallow copy: the input is never changed. Rejects a resource whose
+ * `extension` is not an array, as a tag cannot be added to it.
+ */
+export function addTags(resource: Resource, codes: readonly PretagCode[]): Resource {
+  const toAdd = tagsToAdd(resource, codes);
+  return toAdd.length === 0 ? resource : withTags(resource, toAdd);
+}
+
+function tagsToAdd(resource: Resource, codes: readonly PretagCode[]): PretagCode[] {
+  if (codes.length === 0) return [];
+  const present = pretagCodesOf(resource);
+  const missing = PRETAG_CODES.filter((code) => codes.includes(code) && !present.includes(code));
+  if (missing.length > 0 && resource.extension !== undefined && !Array.isArray(resource.extension)) {
+    throw new RecordRejected('extension is not an array (cannot add a pre-tag)');
+  }
+  return missing;
+}
+
+function withTags(resource: Resource, codes: readonly PretagCode[]): Resource {
+  const existing = (resource.extension as unknown[] | undefined) ?? [];
+  return { ...resource, extension: [...existing, ...codes.map(pretagExtension)] };
+}
+
+/**
+ * Can this raw JSON text hold a smoking-status Observation? False only when
+ * it cannot: the code "72166-2" appears in it either literally or through a
+ * `\u` escape (JSON has no other escape for a digit or a hyphen). The first
+ * pass parses only the texts that pass, which is what makes it cheap.
+ */
+export function mayBeSmokingStatus(text: string): boolean {
+  return text.includes(SMOKING_STATUS_CODE) || text.includes('\\u');
+}
+
+/** The rules to apply; all of them by default. */
+export type PretagRules = ReadonlySet<PretagCode>;
+export const ALL_RULES: PretagRules = new Set(PRETAG_CODES);
+
+/**
+ * The tags `resource` should carry under `rules`. `contradictory` says
+ * whether its patient holds both a never- and an ever-smoker record (only
+ * asked of smoking-status Observations; the stage knows it, a single record
+ * cannot).
+ */
+export function pretagCodes(resource: Resource, rules: PretagRules, contradictory: boolean): PretagCode[] {
+  if (resource.resourceType !== 'Observation') return [];
+  const codes: PretagCode[] = [];
+  if (contradictory && rules.has('smoking_contradiction') && isSmokingObservation(resource)) codes.push('smoking_contradiction');
+  if (rules.has('h_flag_titer') && hFlagTiter(resource)) codes.push('h_flag_titer');
+  if (rules.has('missing_result') && missingResult(resource)) codes.push('missing_result');
+  return codes;
+}
+
+/** The per-record core of the rules that need nothing but the record (`h_flag_titer`, `missing_result`). */
+export function pretagRecord(rules: PretagRules = ALL_RULES): RecordCore {
+  return (resource) => addTags(resource, pretagCodes(resource, rules, false));
+}
+
+// ---------------------------------------------------------------- stream stage
+
+export interface PretagOptions {
+  rules?: PretagRules;
+  /**
+   * A fresh read of the very resources the stage will be given (the same
+   * files again). With it the stage makes two passes and keeps input order;
+   * without it, smoking-status Observations are spooled and written last.
+   * It may skip anything that is not a smoking-status Observation (the CLI
+   * reads with a line prefilter that skips the rest unparsed).
+   */
+  rescan?: () => AsyncIterable<Batch>;
+  /** Folder for the spool (default: the system's temporary folder). */
+  tempDir?: string;
+}
+
+/** The stage's counters, under `stages.pretag` of the account. */
+export interface PretagStats extends Record<string, unknown> {
+  mode: 'two-pass' | 'spool' | 'per-record';
+  /** Resources that went through the stage. */
+  examined: number;
+  observations: number;
+  smokingObservations: number;
+  /** Tags added, per code (tags already present are not counted: they are not added again). */
+  tagsAdded: Record<PretagCode, number>;
+  /** Resources that got at least one tag. */
+  resourcesTagged: number;
+  /** Patients (subject references) held in the smoking-status state at its largest. */
+  peakPatients: number;
+  contradictoryPatients: number;
+  /** Bytes of the patient table at its largest. */
+  patientStateBytes: number;
+  /** Bytes written to the spool (pipe input only). */
+  spoolBytes: number;
+}
+
+const SPOOL_BATCH = 512;
+
+export function pretagStage(options: PretagOptions, ctx: StageContext): Duplex {
+  const rules = options.rules ?? ALL_RULES;
+  const stats = ctx.account.stage<PretagStats>('pretag', () => ({
+    mode: 'per-record',
+    examined: 0,
+    observations: 0,
+    smokingObservations: 0,
+    tagsAdded: { smoking_contradiction: 0, h_flag_titer: 0, missing_result: 0 },
+    resourcesTagged: 0,
+    peakPatients: 0,
+    contradictoryPatients: 0,
+    patientStateBytes: 0,
+    spoolBytes: 0,
+  }));
+  const tagger = new Tagger(rules, ctx, stats);
+  if (!rules.has('smoking_contradiction')) {
+    return Duplex.from(async function* (batches: AsyncIterable<Batch>) {
+      for await (const batch of batches) yield tagger.batch(batch, () => false);
+    });
+  }
+  const { rescan } = options;
+  if (rescan) {
+    stats.mode = 'two-pass';
+    return Duplex.from(async function* (batches: AsyncIterable<Batch>) {
+      const states = new PatientStates();
+      const expected = await settlePatients(rescan(), states, stats);
+      let seen = 0;
+      const contradictory = (resource: Resource) => {
+        if (!isSmokingObservation(resource)) return false;
+        seen++;
+        return states.get(subjectReference(resource)) === CONTRADICTORY;
+      };
+      for await (const batch of batches) yield tagger.batch(batch, contradictory);
+      if (seen !== expected) {
+        ctx.account.warn(`pretag: the first read found ${expected} smoking-status Observations, the second ${seen}: did the input change during the run? Their smoking_contradiction tags may be wrong`);
+      }
+    });
+  }
+  stats.mode = 'spool';
+  return Duplex.from(async function* (batches: AsyncIterable<Batch>) {
+    const states = new PatientStates();
+    const spool = await Spool.open(options.tempDir);
+    try {
+      for await (const batch of batches) {
+        const rest = await spoolSmoking(batch, spool, states, stats);
+        const tagged = tagger.batch(rest, () => false);
+        if (tagged.resources.length > 0) yield tagged;
+      }
+      stats.spoolBytes = spool.bytes;
+      noteStates(states, stats);
+      let out: Batch | undefined;
+      for await (const text of spool.lines()) {
+        const [source, line, resource] = JSON.parse(text) as [string, number, Resource];
+        if (out && (out.source !== source || out.resources.length >= SPOOL_BATCH)) {
+          yield out;
+          out = undefined;
+        }
+        out ??= { source, lines: [], resources: [] };
+        const contradictory = states.get(subjectReference(resource)) === CONTRADICTORY;
+        const tagged = tagger.one(resource, { source, line }, contradictory);
+        if (tagged) {
+          out.resources.push(tagged);
+          out.lines.push(line);
+        }
+      }
+      if (out && out.resources.length > 0) yield out;
+    } finally {
+      await spool.close();
+    }
+  });
+}
+
+/** Pass one: the smoking status of every patient. Returns the number of smoking-status Observations. */
+async function settlePatients(batches: AsyncIterable<Batch>, states: PatientStates, stats: PretagStats): Promise<number> {
+  let count = 0;
+  for await (const batch of batches) {
+    for (const resource of batch.resources) {
+      if (resource.resourceType !== 'Observation') continue;
+      const status = smokingStatus(resource);
+      if (status === undefined) continue;
+      count++;
+      if (status !== 'unknown') states.mark(subjectReference(resource), status === 'never' ? NEVER : EVER);
+    }
+  }
+  noteStates(states, stats);
+  return count;
+}
+
+/**
+ * Moves the smoking-status Observations of `batch` to the spool (with their
+ * source and line), marking their patients; returns the rest.
+ */
+async function spoolSmoking(batch: Batch, spool: Spool, states: PatientStates, stats: PretagStats): Promise<Batch> {
+  let text = '';
+  let rest: Batch | undefined;
+  const { source, lines, resources } = batch;
+  for (let i = 0; i < resources.length; i++) {
+    const resource = resources[i]!;
+    const status = resource.resourceType === 'Observation' ? smokingStatus(resource) : undefined;
+    if (status === undefined) {
+      rest?.resources.push(resource);
+      rest?.lines.push(lines[i]!);
+      continue;
+    }
+    rest ??= { source, lines: lines.slice(0, i), resources: resources.slice(0, i) };
+    if (status !== 'unknown') states.mark(subjectReference(resource), status === 'never' ? NEVER : EVER);
+    text += JSON.stringify([source, lines[i], resource]) + '\n';
+  }
+  if (text) await spool.write(text);
+  return rest ?? batch;
+}
+
+function noteStates(states: PatientStates, stats: PretagStats): void {
+  stats.peakPatients = Math.max(stats.peakPatients, states.size);
+  stats.patientStateBytes = Math.max(stats.patientStateBytes, states.bytes);
+  stats.contradictoryPatients = states.count(CONTRADICTORY);
+}
+
+/** Applies the rules to records, counting, and routing a record that cannot be tagged to the reject policy. */
+class Tagger {
+  constructor(
+    private readonly rules: PretagRules,
+    private readonly ctx: StageContext,
+    private readonly stats: PretagStats,
+  ) {}
+
+  batch(batch: Batch, contradictory: (resource: Resource) => boolean): Batch {
+    const { source, lines, resources } = batch;
+    this.stats.examined += resources.length;
+    const out: Resource[] = [];
+    const outLines: number[] = [];
+    for (let i = 0; i < resources.length; i++) {
+      const resource = resources[i]!;
+      if (resource.resourceType !== 'Observation') {
+        out.push(resource);
+        outLines.push(lines[i]!);
+        continue;
+      }
+      const tagged = this.observation(resource, { source, line: lines[i]! }, contradictory(resource));
+      if (tagged) {
+        out.push(tagged);
+        outLines.push(lines[i]!);
+      }
+    }
+    return { source, lines: outLines, resources: out };
+  }
+
+  /** One record that has not been counted as examined yet. */
+  one(resource: Resource, loc: Location, contradictory: boolean): Resource | undefined {
+    this.stats.examined++;
+    return resource.resourceType === 'Observation' ? this.observation(resource, loc, contradictory) : resource;
+  }
+
+  private observation(resource: Resource, loc: Location, contradictory: boolean): Resource | undefined {
+    const stats = this.stats;
+    stats.observations++;
+    if (isSmokingObservation(resource)) stats.smokingObservations++;
+    try {
+      const codes = tagsToAdd(resource, pretagCodes(resource, this.rules, contradictory));
+      if (codes.length === 0) return resource;
+      for (const code of codes) stats.tagsAdded[code]++;
+      stats.resourcesTagged++;
+      return withTags(resource, codes);
+    } catch (err) {
+      if (!(err instanceof RecordRejected)) throw err;
+      this.ctx.rejects.reject(loc, `Observation: ${err.reason}`, () => JSON.stringify(resource));
+      return undefined;
+    }
+  }
+}
