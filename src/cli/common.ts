@@ -1,5 +1,5 @@
 import { writeFileSync } from 'node:fs';
-import { Transform, Writable } from 'node:stream';
+import { Readable, Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Argv } from 'yargs';
 import { Account } from '../account.js';
@@ -12,14 +12,18 @@ import { Rejects } from '../rejects.js';
 import type { StageContext } from '../stage.js';
 import { DEFAULT_MAX_LINE_BYTES } from '../../transforms/ndjsonSplit.js';
 
-/** Options every command that reads records shares. */
-export interface InputArgs {
-  files: string[];
+/** Options every run shares, whatever its source. */
+export interface RunArgs {
   rejects?: string;
   report?: string;
   verbose: boolean;
   progress?: boolean;
   'max-line-bytes': number;
+}
+
+/** Options every command that reads records from files or stdin shares. */
+export interface InputArgs extends RunArgs {
+  files: string[];
   unpack: boolean;
 }
 
@@ -29,13 +33,23 @@ export interface OutputArgs {
 }
 
 export function withInputOptions<T>(yargs: Argv<T>): Argv<T & InputArgs> {
-  return yargs
-    .positional('files', {
+  return withRunOptions(
+    yargs.positional('files', {
       describe: 'NDJSON, Bundle JSON or .gz files (stdin when none, or "-")',
       type: 'string',
       array: true,
       default: [] as string[],
-    })
+    }),
+  ).option('unpack', {
+    describe: 'Read the resources of Bundles rather than the Bundles (--no-unpack keeps them whole)',
+    type: 'boolean',
+    default: true,
+  }) as unknown as Argv<T & InputArgs>;
+}
+
+/** The options of a run whatever its source (files, or a server for `hx fetch`). */
+export function withRunOptions<T>(yargs: Argv<T>): Argv<T & RunArgs> {
+  return yargs
     .option('rejects', {
       describe: 'Write rejected lines (with line number and reason) to FILE and go on, instead of stopping at the first',
       type: 'string',
@@ -48,12 +62,7 @@ export function withInputOptions<T>(yargs: Argv<T>): Argv<T & InputArgs> {
       describe: 'Longest line or Bundle entry accepted',
       type: 'number',
       default: DEFAULT_MAX_LINE_BYTES,
-    })
-    .option('unpack', {
-      describe: 'Read the resources of Bundles rather than the Bundles (--no-unpack keeps them whole)',
-      type: 'boolean',
-      default: true,
-    }) as unknown as Argv<T & InputArgs>;
+    }) as unknown as Argv<T & RunArgs>;
 }
 
 export function withOutputOptions<T>(yargs: Argv<T>): Argv<T & OutputArgs> {
@@ -70,7 +79,10 @@ export function withOutputOptions<T>(yargs: Argv<T>): Argv<T & OutputArgs> {
 }
 
 export interface RunSpec {
-  input: InputArgs;
+  /** The run's options; `files`/`unpack` are read only when there is no `source`. */
+  input: RunArgs & Partial<Pick<InputArgs, 'files' | 'unpack'>>;
+  /** Batches from elsewhere than files or stdin (a server, for `hx fetch`); `onBytes` feeds the progress line. */
+  source?: (ctx: StageContext, onBytes?: (bytes: number) => void) => Readable;
   /** Per-record stages, in order. */
   stages?: (ctx: StageContext) => Transform[];
   /** Batches → bytes; NDJSON by default. */
@@ -93,13 +105,12 @@ export async function runRecords(spec: RunSpec): Promise<Account> {
   const rejects = new Rejects(account, input.rejects);
   const ctx: StageContext = { account, rejects };
   const showProgress = input.progress ?? Boolean(process.stderr.isTTY);
-  const progress = showProgress ? new Progress(account, inputSize(input.files)).start() : undefined;
-  const source = readInputs(input.files, {
-    ...ctx,
-    maxLineBytes: input['max-line-bytes'],
-    unpackBundles: input.unpack,
-    onBytes: progress ? (bytes) => progress.setBytes(bytes) : undefined,
-  });
+  const files = input.files ?? [];
+  const progress = showProgress ? new Progress(account, spec.source ? undefined : inputSize(files)).start() : undefined;
+  const onBytes = progress ? (bytes: number) => progress.setBytes(bytes) : undefined;
+  const source = spec.source
+    ? spec.source(ctx, onBytes)
+    : readInputs(files, { ...ctx, maxLineBytes: input['max-line-bytes'], unpackBundles: input.unpack ?? true, onBytes });
   const stages = spec.stages?.(ctx) ?? [];
   let output: Output | undefined;
   try {
@@ -126,7 +137,7 @@ export async function runRecords(spec: RunSpec): Promise<Account> {
   return account;
 }
 
-function writeReport(input: InputArgs, account: Account, error?: Error): void {
+function writeReport(input: RunArgs, account: Account, error?: Error): void {
   if (input.report) {
     const report = { ...account.toJSON(), ...(error ? { failed: error instanceof HxError ? error.message : 'internal error' } : {}) };
     writeFileSync(input.report, JSON.stringify(report, null, 2) + '\n');
