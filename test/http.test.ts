@@ -1,0 +1,146 @@
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { HxError } from '../src/errors.js';
+import { HttpClient, HttpError } from '../src/http/client.js';
+import { Redactor } from '../src/http/redact.js';
+import { backoffMs, DEFAULT_RETRY, isRetryable, parseRetryAfter, retryDelay, RetryableError } from '../src/http/retry.js';
+
+type Handler = (req: IncomingMessage, res: ServerResponse, n: number) => void;
+const closers: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  await Promise.all(closers.splice(0).map((close) => close()));
+});
+
+/** A loopback server answering with `handler`; `seen` logs each request's headers. */
+async function server(handler: Handler): Promise<{ url: string; seen: IncomingMessage['headers'][] }> {
+  const seen: IncomingMessage['headers'][] = [];
+  const s = createServer((req, res) => {
+    seen.push(req.headers);
+    handler(req, res, seen.length);
+  });
+  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve));
+  closers.push(() => new Promise((resolve) => { s.closeAllConnections(); s.close(() => resolve()); }));
+  return { url: `http://127.0.0.1:${(s.address() as AddressInfo).port}/x`, seen };
+}
+
+const FAST = { retries: 3, baseMs: 1, maxMs: 5 };
+
+describe('Retry-After', () => {
+  const now = Date.parse('2026-03-01T10:00:00Z');
+  const max = DEFAULT_RETRY.maxRetryAfterMs;
+  it('reads delta seconds and HTTP dates', () => {
+    expect(parseRetryAfter('0', now, max)).toBe(0);
+    expect(parseRetryAfter(' 12 ', now, max)).toBe(12_000);
+    expect(parseRetryAfter('Sun, 01 Mar 2026 10:00:30 GMT', now, max)).toBe(30_000);
+    expect(parseRetryAfter('Sun, 01 Mar 2026 09:00:00 GMT', now, max)).toBe(0); // past: now
+    expect(parseRetryAfter(['7'], now, max)).toBe(7000);
+  });
+  it('treats absent, malformed and implausible values as absent', () => {
+    expect(parseRetryAfter(undefined, now, max)).toBeUndefined();
+    expect(parseRetryAfter('soon', now, max)).toBeUndefined();
+    expect(parseRetryAfter('-5', now, max)).toBeUndefined();
+    expect(parseRetryAfter('1.5', now, max)).toBeUndefined();
+    expect(parseRetryAfter('1772359200', now, max)).toBeUndefined(); // an absolute epoch sent as seconds
+    expect(parseRetryAfter('Fri, 01 Mar 2030 10:00:00 GMT', now, max)).toBeUndefined(); // years ahead
+  });
+});
+
+describe('backoff', () => {
+  it('doubles from the base, with jitter between half and all of it, capped', () => {
+    const policy = { ...DEFAULT_RETRY, baseMs: 100, maxMs: 1000 };
+    expect(backoffMs(1, policy, () => 0)).toBe(50);
+    expect(backoffMs(1, policy, () => 1)).toBe(100);
+    expect(backoffMs(3, policy, () => 1)).toBe(400);
+    expect(backoffMs(10, policy, () => 1)).toBe(1000);
+    expect(backoffMs(10, policy, () => 0)).toBe(500);
+  });
+  it('honours the server, else backs off; stops after the last retry or on a final error', () => {
+    const policy = { ...DEFAULT_RETRY, retries: 2 };
+    expect(retryDelay(new RetryableError('429', 3000, 429), 1, policy)).toBe(3000);
+    expect(retryDelay(new RetryableError('503', undefined, 503), 2, policy)).toBeGreaterThan(0);
+    expect(retryDelay(new RetryableError('503'), 3, policy)).toBeUndefined();
+    expect(retryDelay(new HxError('401'), 1, policy)).toBeUndefined();
+  });
+  it('retries network failures by code, also when wrapped', () => {
+    expect(isRetryable(Object.assign(new Error('reset'), { code: 'ECONNRESET' }))).toBe(true);
+    expect(isRetryable(Object.assign(new Error('x'), { cause: { code: 'UND_ERR_SOCKET' } }))).toBe(true);
+    expect(isRetryable(Object.assign(new Error('dns'), { code: 'ENOTFOUND' }))).toBe(false);
+  });
+});
+
+describe('HttpClient', () => {
+  it('retries 429 (Retry-After 0), 503 and a reset, then succeeds', async () => {
+    const s = await server((req, res, n) => {
+      if (n === 1) return void res.writeHead(429, { 'retry-after': '0' }).end();
+      if (n === 2) return void res.writeHead(503).end('busy');
+      if (n === 3) return void req.socket.resetAndDestroy();
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}');
+    });
+    const notices: string[] = [];
+    const client = new HttpClient({ retry: FAST, onRetry: (n) => notices.push(`${n.attempt} ${n.reason}`) });
+    const { value } = await client.json<{ ok: boolean }>({ url: s.url, what: 'probe' });
+    await client.close();
+    expect(value).toEqual({ ok: true });
+    expect(client.stats).toEqual({ requests: 4, retries: 3 });
+    expect(notices[0]).toBe('1 probe: HTTP 429');
+    expect(notices[1]).toBe('2 probe: HTTP 503; the server says: busy');
+  });
+
+  it('gives up after the last retry, saying how many attempts were made', async () => {
+    const s = await server((_req, res) => void res.writeHead(502).end());
+    const client = new HttpClient({ retry: FAST });
+    await expect(client.fetch({ url: s.url, what: 'probe' })).rejects.toThrow('probe: HTTP 502 (gave up after 4 attempts)');
+    await client.close();
+  });
+
+  it('fails at once on 401 with advice and the OperationOutcome text', async () => {
+    const s = await server((_req, res) => {
+      res.writeHead(401, { 'content-type': 'application/fhir+json' });
+      res.end(JSON.stringify({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', diagnostics: 'Token expired' }] }));
+    });
+    const client = new HttpClient({ retry: FAST, advice: { 401: 'get a new token' } });
+    const err = await client.fetch({ url: s.url, what: 'probe' }).catch((e) => e);
+    await client.close();
+    expect(err).toBeInstanceOf(HttpError);
+    expect(err.message).toBe('probe: HTTP 401 — get a new token; the server says: Token expired');
+    expect(client.stats.requests).toBe(1);
+  });
+
+  it('sends credentials to the trusted origin only', async () => {
+    const trusted = await server((_req, res) => void res.end('{}'));
+    const other = await server((_req, res) => void res.end('{}'));
+    const client = new HttpClient({ trustedOrigin: trusted.url, credentials: () => ({ authorization: 'Bearer abcdef123' }) });
+    await client.json({ url: trusted.url });
+    await client.json({ url: other.url });
+    await client.close();
+    expect(trusted.seen[0]!.authorization).toBe('Bearer abcdef123');
+    expect(other.seen[0]!.authorization).toBeUndefined();
+  });
+
+  it('masks secrets in messages, including ones a server echoes back', async () => {
+    const s = await server((req, res) => void res.writeHead(400).end(`bad token ${req.headers.authorization}`));
+    const redactor = new Redactor();
+    redactor.add('abcdef123');
+    const client = new HttpClient({ trustedOrigin: s.url, credentials: () => ({ authorization: 'Bearer abcdef123' }), redactor });
+    const err = await client.fetch({ url: `${s.url}?access_token=abcdef123&_count=5` }).catch((e) => e);
+    await client.close();
+    expect(err.message).not.toContain('abcdef123');
+    expect(err.message).toContain('bad token Bearer ***');
+    expect(err.message).toContain('access_token=***&_count=5');
+  });
+
+  it('times out a stalled body (idle timeout) as a retryable failure', async () => {
+    const s = await server((_req, res) => {
+      res.writeHead(200);
+      res.write('{"a":');
+    });
+    const client = new HttpClient({ retry: { ...FAST, retries: 0 }, timeouts: { idleMs: 200 } });
+    const started = Date.now();
+    const err = await client.json({ url: s.url, what: 'probe' }).catch((e) => e);
+    await client.close();
+    expect(err.message).toMatch(/^probe: .*(timeout|Timeout)/);
+    expect(Date.now() - started).toBeLessThan(5000);
+    expect(isRetryable(Object.assign(new Error(), { code: 'UND_ERR_BODY_TIMEOUT' }))).toBe(true);
+  });
+});
