@@ -1,0 +1,198 @@
+/**
+ * Where downloaded files go.
+ *
+ * - `DirDestination`: `DIR/<name>` per file, written as `DIR/.<name>.partial`
+ *   and renamed when complete, then recorded in the resume state. A rerun
+ *   skips files the state says are complete (size and line count checked).
+ * - `StdoutDestination`: one NDJSON stream, files in manifest order whatever
+ *   order they finish in. The file at the head of the order streams straight
+ *   to stdout; files that finish ahead of it wait in a spool folder on disk
+ *   (never in memory) and follow when their turn comes. Disk use is bounded
+ *   by the files completed ahead of the head file.
+ */
+import { createReadStream, createWriteStream, mkdirSync } from 'node:fs';
+import { mkdtemp, rename, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { LineCounts } from './lineCounter.js';
+import type { PlannedFile } from './manifest.js';
+import { StateFile, type CompletedFile } from './state.js';
+
+export interface FileTarget {
+  /** A stream for one attempt at the whole file; an earlier attempt's bytes are discarded. */
+  open(): Writable;
+  /** The last opened stream finished with the complete file. */
+  commit(counts: LineCounts): Promise<void>;
+  /** No more attempts: remove what was written. */
+  abort(): Promise<void>;
+}
+
+export interface Destination {
+  /** The counts of a file already complete from an earlier run, if any. */
+  complete(file: PlannedFile): Promise<CompletedFile | undefined>;
+  target(file: PlannedFile): FileTarget;
+  /** All files done: flush what waits. */
+  close(): Promise<void>;
+  /** The run failed: remove temporary files. */
+  abort(): Promise<void>;
+}
+
+export class DirDestination implements Destination {
+  constructor(
+    readonly dir: string,
+    readonly state: StateFile,
+  ) {
+    mkdirSync(dir, { recursive: true });
+  }
+
+  async complete(file: PlannedFile): Promise<CompletedFile | undefined> {
+    return (await this.state.isComplete(file.name, file.entry.url)) ? this.state.state.files[file.name] : undefined;
+  }
+
+  target(file: PlannedFile): FileTarget {
+    const temp = join(this.dir, `.${file.name}.partial`);
+    return {
+      open: () => createWriteStream(temp),
+      commit: async (counts) => {
+        await rename(temp, join(this.dir, file.name));
+        await this.state.update((s) => {
+          s.files[file.name] = { url: file.entry.url, bytes: counts.bytes, lines: counts.lines };
+        });
+      },
+      abort: () => rm(temp, { force: true }),
+    };
+  }
+
+  async close(): Promise<void> {}
+  async abort(): Promise<void> {}
+}
+
+/** Files that do not go to stdout (error files, deleted files unless asked) are only counted. */
+export class StdoutDestination implements Destination {
+  private next = 0;
+  private readonly position = new Map<number, number>();
+  private readonly spooled = new Map<number, string>();
+  private spoolDir: Promise<string> | undefined;
+  private pumping: Promise<void> = Promise.resolve();
+
+  constructor(
+    emitted: PlannedFile[],
+    private readonly out: NodeJS.WritableStream = process.stdout,
+  ) {
+    emitted.forEach((file, pos) => this.position.set(file.index, pos));
+  }
+
+  async complete(): Promise<undefined> {
+    return undefined;
+  }
+
+  target(file: PlannedFile): FileTarget {
+    const pos = this.position.get(file.index);
+    if (pos === undefined) return discardTarget();
+    let mode: 'direct' | 'spool' | undefined;
+    let emitted = 0;
+    let spoolPath: string | undefined;
+    return {
+      open: () => {
+        // The mode is chosen once: bytes that reached stdout cannot be taken back.
+        mode ??= pos === this.next ? 'direct' : 'spool';
+        if (mode === 'direct') {
+          // A retry refetches from the start; skip what stdout already has.
+          let skip = emitted;
+          return forwarder(this.out, (chunk) => {
+            if (skip >= chunk.length) {
+              skip -= chunk.length;
+              return undefined;
+            }
+            const rest = skip ? chunk.subarray(skip) : chunk;
+            skip = 0;
+            emitted += rest.length;
+            return rest;
+          });
+        }
+        return lazySpool(this.spoolFolder(), `${pos}.ndjson`, (path) => (spoolPath = path));
+      },
+      commit: async () => {
+        if (mode === 'direct') this.next++;
+        else this.spooled.set(pos, spoolPath!);
+        await this.pump();
+      },
+      abort: async () => {
+        if (spoolPath) await rm(spoolPath, { force: true });
+      },
+    };
+  }
+
+  async close(): Promise<void> {
+    await this.pump();
+    if (this.spoolDir) await rm(await this.spoolDir, { recursive: true, force: true });
+  }
+
+  async abort(): Promise<void> {
+    if (this.spoolDir) await rm(await this.spoolDir, { recursive: true, force: true });
+  }
+
+  private spoolFolder(): Promise<string> {
+    return (this.spoolDir ??= mkdtemp(join(tmpdir(), 'hx-bulk-spool-')));
+  }
+
+  /** Copies spooled files to stdout while the next in order is ready; one copy at a time. */
+  private pump(): Promise<void> {
+    this.pumping = this.pumping.then(async () => {
+      for (let path = this.spooled.get(this.next); path !== undefined; path = this.spooled.get(this.next)) {
+        await pipeline(createReadStream(path, { highWaterMark: 1 << 16 }), forwarder(this.out, (c) => c));
+        await rm(path, { force: true });
+        this.spooled.delete(this.next);
+        this.next++;
+      }
+    });
+    return this.pumping;
+  }
+}
+
+/** A Writable into `out` that never ends it, with backpressure. */
+function forwarder(out: NodeJS.WritableStream, map: (chunk: Buffer) => Buffer | undefined): Writable {
+  return new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      const piece = map(chunk);
+      if (!piece || piece.length === 0) return done();
+      if (out.write(piece)) done();
+      else out.once('drain', () => done());
+    },
+  });
+}
+
+/** A spool file stream (truncated on open); the folder is created on first use. */
+function lazySpool(folder: Promise<string>, name: string, onPath: (path: string) => void): Writable {
+  let file: Writable | undefined;
+  const stream: Writable = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      ready.then((f) => (f.write(chunk) ? done() : f.once('drain', () => done())), done);
+    },
+    final(done) {
+      ready.then((f) => f.end(() => done()), done);
+    },
+    destroy(err, done) {
+      file?.destroy();
+      done(err);
+    },
+  });
+  const ready = folder.then((dir) => {
+    const path = join(dir, name);
+    onPath(path);
+    file = createWriteStream(path);
+    file.on('error', (err) => stream.destroy(err));
+    return file;
+  });
+  return stream;
+}
+
+function discardTarget(): FileTarget {
+  return {
+    open: () => new Writable({ write: (_c, _e, done) => done() }),
+    commit: async () => {},
+    abort: async () => {},
+  };
+}

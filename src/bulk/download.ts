@@ -1,0 +1,178 @@
+/**
+ * Downloads the files of a manifest with bounded parallelism (p-limit).
+ * Each file is one retried unit: request (with the token when the manifest
+ * says `requiresAccessToken`), gunzip when the server compressed, count
+ * lines, write to the destination. A failure mid-file (reset, 5xx, an
+ * expired token) fetches the file again from its start.
+ */
+import { Transform, type TransformCallback } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createGunzip } from 'node:zlib';
+import pLimit from 'p-limit';
+import type { HttpClient } from '../http/client.js';
+import { RetryableError, isRetryable } from '../http/retry.js';
+import type { BulkAccount } from './account.js';
+import type { Auth } from './auth.js';
+import type { Destination } from './destination.js';
+import { FileFetcher, Unauthorized } from './fileRequest.js';
+import { header } from './kickoff.js';
+import { LineCounter, type LineCounts } from './lineCounter.js';
+import type { Manifest, PlannedFile } from './manifest.js';
+
+export interface DownloadOptions {
+  client: HttpClient;
+  fetcher: FileFetcher;
+  auth: Auth;
+  account: BulkAccount;
+  destination: Destination;
+  concurrency: number;
+  /** Messages for stderr. */
+  log: (message: string) => void;
+  signal?: AbortSignal;
+}
+
+/** How much of each error file is kept to summarise it. */
+const ERROR_SUMMARY_BYTES = 256 * 1024;
+
+export async function downloadFiles(manifest: Manifest, files: PlannedFile[], options: DownloadOptions): Promise<void> {
+  const limit = pLimit(Math.max(1, options.concurrency));
+  options.account.filesPlanned += files.length;
+  const results = files.map((file) => limit(() => downloadOne(manifest, file, options)));
+  // Let every started file settle before failing, so none is left half-written.
+  const settled = await Promise.allSettled(results);
+  const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) {
+    limit.clearQueue();
+    await options.destination.abort();
+    throw failed.reason;
+  }
+  await options.destination.close();
+}
+
+async function downloadOne(manifest: Manifest, file: PlannedFile, options: DownloadOptions): Promise<void> {
+  const { account, destination, log } = options;
+  options.signal?.throwIfAborted();
+  const before = await destination.complete(file);
+  if (before) {
+    account.addFile(file, { bytes: before.bytes, lines: before.lines, headerLines: 0, addedNewline: false }, true);
+    return;
+  }
+  const target = destination.target(file);
+  const capture = file.kind === 'error' ? new Capture(ERROR_SUMMARY_BYTES) : undefined;
+  let counts: LineCounts;
+  try {
+    counts = await fetchFile(manifest, file, target.open.bind(target), capture, options);
+    await target.commit(counts);
+  } catch (err) {
+    await target.abort();
+    throw err;
+  }
+  const mismatch = account.addFile(file, counts, false);
+  if (mismatch) log(`${file.name}: the manifest says ${mismatch.manifestCount} resources, the file has ${mismatch.found}`);
+  if (capture) log(summariseErrors(file.name, capture.text()));
+}
+
+async function fetchFile(
+  manifest: Manifest,
+  file: PlannedFile,
+  open: () => NodeJS.WritableStream,
+  capture: Capture | undefined,
+  { client, fetcher, auth, signal }: DownloadOptions,
+): Promise<LineCounts> {
+  const what = `${file.name} (${file.kind} file)`;
+  const headers = { accept: 'application/fhir+ndjson', 'accept-encoding': 'gzip' };
+  let renewedToken = false;
+  return client.retrying(
+    `download ${file.name}`,
+    async () => {
+      if (manifest.requiresAccessToken) await auth.ready();
+      let res;
+      try {
+        res = await fetcher.attempt(file.entry.url, headers, manifest.requiresAccessToken ? auth.headers() : {}, what, signal);
+      } catch (err) {
+        // A token that expired mid-download: renew it once and go again.
+        if (err instanceof Unauthorized && manifest.requiresAccessToken && !renewedToken && auth.invalidate()) {
+          renewedToken = true;
+          throw new RetryableError(err.message);
+        }
+        throw err;
+      }
+      const gzip = /\bgzip\b/i.test(header(res.headers['content-encoding']) ?? '');
+      const counter = new LineCounter(file.kind === 'output' && !file.entry.type);
+      capture?.reset();
+      const stages: (NodeJS.ReadableStream | NodeJS.WritableStream)[] = [res.body];
+      if (gzip) stages.push(createGunzip());
+      if (capture) stages.push(capture);
+      stages.push(counter, open());
+      try {
+        await pipeline(stages as never, { signal });
+      } catch (err) {
+        throw retryableBody(err, what);
+      }
+      return counter.counts;
+    },
+    signal,
+  );
+}
+
+/** A body cut short or garbled in transit is worth another try; a local failure (disk full) is not. */
+function retryableBody(err: unknown, what: string): unknown {
+  if ((err as Error)?.name === 'AbortError' || isRetryable(err)) return err;
+  const code = (err as NodeJS.ErrnoException)?.code ?? '';
+  if (code.startsWith('Z_') || code.startsWith('UND_ERR') || code === 'ERR_STREAM_PREMATURE_CLOSE') {
+    return new RetryableError(`${what}: the download broke off (${code})`);
+  }
+  return err;
+}
+
+/** Keeps the first bytes that pass (the start of an error file, to summarise it). */
+class Capture extends Transform {
+  private parts: Buffer[] = [];
+  private size = 0;
+
+  constructor(private readonly limit: number) {
+    super();
+  }
+
+  reset(): void {
+    this.parts = [];
+    this.size = 0;
+  }
+
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
+    if (this.size < this.limit) {
+      this.parts.push(chunk.subarray(0, this.limit - this.size));
+      this.size += Math.min(chunk.length, this.limit - this.size);
+    }
+    done(null, chunk);
+  }
+
+  text(): string {
+    return Buffer.concat(this.parts).toString('utf8');
+  }
+}
+
+/**
+ * One stderr line per error file: how many OperationOutcomes, and their
+ * distinct diagnostics (up to 5). Diagnostics are the server's words about
+ * the export, not record content.
+ */
+export function summariseErrors(name: string, text: string): string {
+  const messages = new Map<string, number>();
+  let outcomes = 0;
+  for (const line of text.split('\n')) {
+    if (!line.trim()) continue;
+    let said = 'unreadable line';
+    try {
+      const oo = JSON.parse(line) as { issue?: { diagnostics?: string; details?: { text?: string }; code?: string }[] };
+      outcomes++;
+      said = (oo.issue ?? []).map((i) => i?.diagnostics ?? i?.details?.text ?? i?.code).filter(Boolean).join('; ') || 'no diagnostics';
+    } catch {
+      // a line cut by the summary limit, or not JSON
+    }
+    messages.set(said, (messages.get(said) ?? 0) + 1);
+  }
+  const shown = [...messages].slice(0, 5).map(([m, n]) => `${n > 1 ? `${n}× ` : ''}${m.length > 200 ? `${m.slice(0, 200)}…` : m}`);
+  const more = messages.size > 5 ? `; and ${messages.size - 5} other messages` : '';
+  return `error file ${name}: ${outcomes} OperationOutcome${outcomes === 1 ? '' : 's'}: ${shown.join(' | ')}${more}`;
+}

@@ -1,0 +1,86 @@
+/**
+ * The resume state of a `--dir` download, `DIR/.hx-bulk-state.json`:
+ * the status URL (so an export interrupted while polling can be picked up),
+ * and for each completed file its source URL, size and line count. Written
+ * atomically (temp file + rename) after every change, so a kill at any
+ * moment leaves either the old or the new state, never half of one.
+ */
+import { createReadStream } from 'node:fs';
+import { readFile, rename, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+
+export const STATE_FILE = '.hx-bulk-state.json';
+
+export interface CompletedFile {
+  url: string;
+  bytes: number;
+  lines: number;
+}
+
+export interface ResumeState {
+  version: 1;
+  /** Identifies the kick-off (URL and parameters) that the state belongs to. */
+  request?: string;
+  statusUrl?: string;
+  transactionTime?: string;
+  files: Record<string, CompletedFile>;
+}
+
+export class StateFile {
+  private writing: Promise<void> = Promise.resolve();
+
+  private constructor(
+    readonly dir: string,
+    readonly state: ResumeState,
+  ) {}
+
+  static async open(dir: string): Promise<StateFile> {
+    let state: ResumeState = { version: 1, files: {} };
+    try {
+      const value = JSON.parse(await readFile(join(dir, STATE_FILE), 'utf8')) as ResumeState;
+      if (value?.version === 1 && value.files && typeof value.files === 'object') state = value;
+    } catch {
+      // no state yet (or an unreadable one: start over)
+    }
+    return new StateFile(dir, state);
+  }
+
+  /** Changes the state and writes it; writes are serialised so the last change always lands last. */
+  update(change: (state: ResumeState) => void): Promise<void> {
+    change(this.state);
+    const text = JSON.stringify(this.state, null, 1) + '\n';
+    this.writing = this.writing.then(() => writeAtomic(join(this.dir, STATE_FILE), text));
+    return this.writing;
+  }
+
+  /** Whether `name` was completed from `url` and is still on disk as it was left (size and line count). */
+  async isComplete(name: string, url: string): Promise<boolean> {
+    const done = this.state.files[name];
+    if (!done || done.url !== url) return false;
+    const path = join(this.dir, name);
+    const size = await stat(path).then((s) => s.size, () => -1);
+    return size === done.bytes && (await countLines(path)) === done.lines;
+  }
+}
+
+export async function writeAtomic(path: string, text: string): Promise<void> {
+  const temp = `${path}.hx-partial-${process.pid}`;
+  await writeFile(temp, text);
+  await rename(temp, path);
+}
+
+/** Non-blank lines of a file, streamed (the check a resume makes before trusting a file). */
+async function countLines(path: string): Promise<number> {
+  let lines = 0;
+  let content = false;
+  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>) {
+    for (let i = 0; i < chunk.length; i++) {
+      const b = chunk[i];
+      if (b === 0x0a) {
+        if (content) lines++;
+        content = false;
+      } else if (!content && b !== 0x20 && b !== 0x0d && b !== 0x09) content = true;
+    }
+  }
+  return content ? lines + 1 : lines;
+}
