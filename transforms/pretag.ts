@@ -161,6 +161,19 @@ function withTags(resource: Resource, codes: readonly PretagCode[]): Resource {
 }
 
 /**
+ * `withTags` in place, for the stream stage only: a stage owns the resources
+ * of the batches it is handed (nothing upstream keeps them), and on a Bulk
+ * export where a fifth of the records get a tag, copying them costs about
+ * 15 MB of peak RSS and 10% of the time.
+ */
+function appendTags(resource: Resource, codes: readonly PretagCode[]): Resource {
+  const existing = resource.extension as unknown[] | undefined;
+  if (existing) for (const code of codes) existing.push(pretagExtension(code));
+  else resource.extension = codes.map(pretagExtension);
+  return resource;
+}
+
+/**
  * Can this raw JSON text hold a smoking-status Observation? False only when
  * it cannot: the code "72166-2" appears in it either literally or through a
  * `\u` escape (JSON has no other escape for a digit or a hyphen). The first
@@ -394,7 +407,7 @@ class Tagger {
       if (codes.length === 0) return resource;
       for (const code of codes) stats.tagsAdded[code]++;
       stats.resourcesTagged++;
-      return withTags(resource, codes);
+      return appendTags(resource, codes);
     } catch (err) {
       if (!(err instanceof RecordRejected)) throw err;
       this.ctx.rejects.reject(loc, `Observation: ${err.reason}`, () => JSON.stringify(resource));
