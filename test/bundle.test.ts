@@ -128,6 +128,16 @@ describe('KeySet', () => {
     expect(set.bytes / set.size).toBeLessThanOrEqual((2 * 8) / 0.75 + 0.1);
   });
 
+  it('addPair(a, b) is the key a/b, without building it', () => {
+    const set = new KeySet({ seed: 3 });
+    expect(set.addPair('Patient', '1')).toBe(true);
+    expect(set.has('Patient/1')).toBe(true);
+    expect(set.add('Patient/1')).toBe(false);
+    expect(set.hasPair('Patient', '1')).toBe(true);
+    expect(set.hasPair('Patient', '2')).toBe(false);
+    expect(set.hasPair('Patient/', '1')).toBe(false);
+  });
+
   it('sizes its table for the keys expected', () => {
     expect(new KeySet({ expected: 1_000_000 }).bytes).toBe(2 ** 21 * 8);
   });

@@ -283,7 +283,7 @@ export class BundleAssembler {
         rejects.reject({ source, line: lines[i]! }, `entry larger than --max-bytes (${size})`, () => JSON.stringify(resource));
         continue;
       }
-      if (url !== undefined && this.keys !== undefined && !this.keys.add(url)) {
+      if (url !== undefined && this.keys !== undefined && !this.keys.addPair(resource.resourceType, resource.id!)) {
         account.countDropped(DUPLICATE_REASON);
         this.stats.duplicatesDropped++;
         continue;

@@ -56,7 +56,32 @@ export class KeySet {
 
   /** Adds `key`; returns false when it was (by its hash) already present. */
   add(key: string): boolean {
-    this.hash(key);
+    this.hash(key, undefined);
+    return this.insert();
+  }
+
+  /**
+   * Adds the key `first/second`, such as (type, id), without building the
+   * string (hashing a concatenation would flatten it: a copy per record).
+   */
+  addPair(first: string, second: string): boolean {
+    this.hash(first, second);
+    return this.insert();
+  }
+
+  /** Whether `key` (by its hash) is present. */
+  has(key: string): boolean {
+    this.hash(key, undefined);
+    return this.find();
+  }
+
+  /** Whether the key `first/second` (by its hash) is present; `has(first + '/' + second)` gives the same. */
+  hasPair(first: string, second: string): boolean {
+    this.hash(first, second);
+    return this.find();
+  }
+
+  private insert(): boolean {
     const { hi, lo, table, mask } = this;
     for (let slot = lo & mask; ; slot = (slot + 1) & mask) {
       const at = slot * 2;
@@ -72,9 +97,7 @@ export class KeySet {
     }
   }
 
-  /** Whether `key` (by its hash) is present. */
-  has(key: string): boolean {
-    this.hash(key);
+  private find(): boolean {
     const { hi, lo, table, mask } = this;
     for (let slot = lo & mask; ; slot = (slot + 1) & mask) {
       const at = slot * 2;
@@ -108,13 +131,22 @@ export class KeySet {
    * with a final cross-mix (the construction of cyrb53, keeping all 64
    * bits). Fast on short keys, which is what the hot path needs.
    */
-  private hash(key: string): void {
+  private hash(key: string, second: string | undefined): void {
     let h1 = 0xdeadbeef ^ this.seed;
     let h2 = 0x41c6ce57 ^ this.seed;
     for (let i = 0; i < key.length; i++) {
       const c = key.charCodeAt(i);
       h1 = Math.imul(h1 ^ c, 2654435761);
       h2 = Math.imul(h2 ^ c, 1597334677);
+    }
+    if (second !== undefined) {
+      h1 = Math.imul(h1 ^ 0x2f, 2654435761); // the '/' between the two parts
+      h2 = Math.imul(h2 ^ 0x2f, 1597334677);
+      for (let i = 0; i < second.length; i++) {
+        const c = second.charCodeAt(i);
+        h1 = Math.imul(h1 ^ c, 2654435761);
+        h2 = Math.imul(h2 ^ c, 1597334677);
+      }
     }
     h1 = Math.imul(h1 ^ (h1 >>> 16), 2246822507);
     h1 ^= Math.imul(h2 ^ (h2 >>> 13), 3266489909);
