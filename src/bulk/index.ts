@@ -1,0 +1,11 @@
+export { BulkAccount, type CountMismatch } from './account.js';
+export { SmartAuth, bearerAuth, clientAssertion, discoverTokenUrl, loadSigningKey, noAuth, type Auth, type SigningKey, type SmartOptions } from './auth.js';
+export { DirDestination, StdoutDestination, type Destination, type FileTarget } from './destination.js';
+export { downloadFiles, summariseErrors, type DownloadOptions } from './download.js';
+export { FileFetcher, Unauthorized } from './fileRequest.js';
+export { exportUrl, kickOff, parameterPairs, parametersResource, type ExportLevel, type ExportParameters, type KickoffRequest } from './kickoff.js';
+export { LineCounter, type LineCounts } from './lineCounter.js';
+export { parseManifest, planFiles, type FileKind, type Manifest, type ManifestEntry, type PlannedFile } from './manifest.js';
+export { INTERRUPTED_EXIT, MANIFEST_FILE, runDownload, runExport, type BulkSession } from './run.js';
+export { STATE_FILE, StateFile, type CompletedFile, type ResumeState } from './state.js';
+export { DEFAULT_POLL, cancelExport, checkStatus, pollStatus, type PollPolicy, type StatusAnswer } from './status.js';

@@ -1,0 +1,172 @@
+/**
+ * The Bulk Data flows the `hx bulk` commands run: export (kick-off, poll,
+ * download), download of an export started earlier (status URL, manifest
+ * file, or the resume state of a `--dir`), status, cancel.
+ */
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { HxError } from '../errors.js';
+import type { HttpClient } from '../http/client.js';
+import { BulkAccount } from './account.js';
+import type { Auth } from './auth.js';
+import { DirDestination, StdoutDestination, type Destination } from './destination.js';
+import { downloadFiles } from './download.js';
+import type { FileFetcher } from './fileRequest.js';
+import { exportUrl, kickOff, parameterPairs, type KickoffRequest } from './kickoff.js';
+import { parseManifest, planFiles, type Manifest } from './manifest.js';
+import { STATE_FILE, StateFile, writeAtomic } from './state.js';
+import { cancelExport, pollStatus, type PollPolicy } from './status.js';
+
+export interface BulkSession {
+  client: HttpClient;
+  fetcher: FileFetcher;
+  auth: Auth;
+  poll: PollPolicy;
+  concurrency: number;
+  /** Write one file per manifest entry here (resumable); stdout when absent. */
+  dir?: string;
+  /** Exit 0 even when the manifest lists error files. */
+  allowErrors?: boolean;
+  /** Put `deleted[]` files on stdout after the output files (a `--dir` always keeps them). */
+  includeDeleted?: boolean;
+  log: (message: string) => void;
+  /** Aborted by Ctrl-C. */
+  signal?: AbortSignal;
+  account?: BulkAccount;
+}
+
+export const MANIFEST_FILE = 'manifest.json';
+
+/** Exit code of a run stopped by Ctrl-C (128 + SIGINT), like a shell. */
+export const INTERRUPTED_EXIT = 130;
+
+export async function runExport(req: KickoffRequest, session: BulkSession): Promise<BulkAccount> {
+  const account = (session.account ??= new BulkAccount());
+  const state = session.dir ? await StateFile.open(session.dir) : undefined;
+  const requestKey = JSON.stringify({ url: exportUrl(req.baseUrl, req.level), params: parameterPairs(req.params), post: Boolean(req.post) });
+  let statusUrl: string;
+  if (state?.state.request === requestKey && state.state.statusUrl) {
+    statusUrl = state.state.statusUrl;
+    session.log(`resuming the export started earlier in ${session.dir} (remove ${join(session.dir!, STATE_FILE)} to start a new one)`);
+    if (state.state.transactionTime && existsSync(join(session.dir!, MANIFEST_FILE))) {
+      account.statusUrl = statusUrl;
+      return finish(await readManifestFile(join(session.dir!, MANIFEST_FILE)), session, state);
+    }
+  } else {
+    statusUrl = await kickOff(session.client, session.auth, req, session.signal);
+    await state?.update((s) => {
+      s.request = requestKey;
+      s.statusUrl = statusUrl;
+      s.transactionTime = undefined;
+      s.files = {};
+    });
+    session.log(`export started; status URL ${session.client.redactor.url(statusUrl)}`);
+  }
+  account.statusUrl = statusUrl;
+  return finish(await waitForManifest(statusUrl, session), session, state);
+}
+
+/** `hx bulk download SOURCE`: a status URL, a manifest file, or nothing (the `--dir` state says). */
+export async function runDownload(source: string | undefined, session: BulkSession): Promise<BulkAccount> {
+  const account = (session.account ??= new BulkAccount());
+  const state = session.dir ? await StateFile.open(session.dir) : undefined;
+  let manifest: Manifest;
+  if (source && /^https?:\/\//i.test(source)) {
+    account.statusUrl = source;
+    await state?.update((s) => {
+      if (s.statusUrl !== source) s.files = {};
+      s.statusUrl = source;
+    });
+    manifest = await waitForManifest(source, session);
+  } else if (source) {
+    manifest = await readManifestFile(source);
+  } else if (state && existsSync(join(state.dir, MANIFEST_FILE))) {
+    manifest = await readManifestFile(join(state.dir, MANIFEST_FILE));
+  } else if (state?.state.statusUrl) {
+    account.statusUrl = state.state.statusUrl;
+    manifest = await waitForManifest(state.state.statusUrl, session);
+  } else {
+    throw new HxError('name a status URL or a manifest file, or a --dir that holds an earlier export');
+  }
+  return finish(manifest, session, state);
+}
+
+async function waitForManifest(statusUrl: string, session: BulkSession): Promise<Manifest> {
+  const account = session.account!;
+  try {
+    const { manifest, expires, polls } = await pollStatus(
+      session.client,
+      session.auth,
+      statusUrl,
+      session.poll,
+      (progress, waitMs) => {
+        account.polls++;
+        session.log(`export in progress${progress ? `: ${progress}` : ''} (next check in ${(waitMs / 1000).toFixed(1)} s)`);
+      },
+      session.signal,
+    );
+    account.polls = polls;
+    if (expires) session.log(`the files are available until ${expires}`);
+    return manifest;
+  } catch (err) {
+    if (session.signal?.aborted) {
+      await cancelExport(session.client, session.auth, statusUrl).catch(() => undefined);
+      throw new HxError('interrupted: the export was cancelled on the server (DELETE sent to its status URL)', INTERRUPTED_EXIT);
+    }
+    throw err;
+  }
+}
+
+async function finish(manifest: Manifest, session: BulkSession, state: StateFile | undefined): Promise<BulkAccount> {
+  const account = session.account!;
+  account.transactionTime = manifest.transactionTime;
+  const files = planFiles(manifest);
+  let destination: Destination;
+  if (session.dir && state) {
+    await writeAtomic(join(session.dir, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n');
+    await state.update((s) => {
+      if (s.transactionTime !== manifest.transactionTime) s.files = {};
+      s.transactionTime = manifest.transactionTime;
+    });
+    destination = new DirDestination(session.dir, state);
+  } else {
+    const emitted = files.filter((f) => f.kind === 'output' || (f.kind === 'deleted' && session.includeDeleted));
+    const deleted = files.filter((f) => f.kind === 'deleted').length;
+    if (deleted && !session.includeDeleted) session.log(`${deleted} deleted[] files are counted but not written to stdout (use --include-deleted or --dir)`);
+    destination = new StdoutDestination(emitted);
+  }
+  try {
+    await downloadFiles(manifest, files, { ...session, account, destination });
+  } catch (err) {
+    if (session.signal?.aborted) {
+      // A --dir download can be resumed, so the server keeps its files; a pipe cannot.
+      if (session.dir) throw new HxError('interrupted during the download; rerun with the same --dir to resume', INTERRUPTED_EXIT);
+      if (account.statusUrl) await cancelExport(session.client, session.auth, account.statusUrl).catch(() => undefined);
+      throw new HxError('interrupted during the download; the export was released on the server (DELETE sent to its status URL)', INTERRUPTED_EXIT);
+    }
+    throw err;
+  } finally {
+    account.requests = session.client.stats.requests;
+    account.retries = session.client.stats.retries;
+  }
+  if (account.errorFiles > 0 && !session.allowErrors) {
+    throw new HxError(`the export reported ${account.errorOutcomes} errors in ${account.errorFiles} error files (summarised above); --allow-errors accepts them`);
+  }
+  return account;
+}
+
+async function readManifestFile(path: string): Promise<Manifest> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    throw new HxError(`${path}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message}`);
+  }
+  try {
+    return parseManifest(JSON.parse(text), path);
+  } catch (err) {
+    if (err instanceof HxError) throw err;
+    throw new HxError(`${path}: not JSON`);
+  }
+}
