@@ -218,6 +218,19 @@ describe('toTransactionBundle stage', () => {
     expect(account.stages.bundle).toMatchObject({ dedupeSetBytes: 0 });
   });
 
+  it('chunks without dedupe: a second version of a resource starts a new Bundle, so none names one twice', async () => {
+    const { text, account } = await runStage(batchesOf(resources, 50), { dedupe: false, maxEntries: 280 });
+    const bundles = text.trimEnd().split('\n').map((line) => JSON.parse(line));
+    expect(bundles.flatMap((b) => b.entry.map((e: { resource: Resource }) => e.resource))).toEqual(resources);
+    for (const bundle of bundles) {
+      const urls = bundle.entry.map((e: { request: { url: string } }) => e.request.url).filter((u: string) => u.includes('/'));
+      expect(new Set(urls).size).toBe(urls.length);
+    }
+    // #250 is p0, whose first was id-less (#0); #251 is p1 again, which starts the second Bundle.
+    expect(bundles.map((b) => b.entry.length)).toEqual([251, 49]);
+    expect(account.written).toBe(300);
+  });
+
   it('writes a Bundle with no entry array for no input (FHIR forbids empty arrays)', async () => {
     expect((await runStage([], {})).text).toBe('{"resourceType":"Bundle","type":"transaction"}\n');
     expect((await runStage([], { type: 'batch', pretty: true })).text).toBe('{\n  "resourceType": "Bundle",\n  "type": "batch"\n}\n');

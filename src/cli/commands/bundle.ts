@@ -27,7 +27,11 @@ export const bundleCommand: CommandModule<object, BundleArgs> = {
         requiresArg: true,
       })
       .option('dir', { describe: 'Write each Bundle to DIR/bundle-000001.json, … instead', type: 'string', requiresArg: true })
-      .option('dedupe', { describe: 'Keep only the first resource of each (type, id) (--no-dedupe keeps all)', type: 'boolean', default: true })
+      .option('dedupe', {
+        describe: 'Keep only the first resource of each (type, id) over the whole run, all chunks included (--no-dedupe keeps all)',
+        type: 'boolean',
+        default: true,
+      })
       .option('pretty', { describe: 'Indent with two spaces, like the Python exporter (not with NDJSON chunks)', type: 'boolean', default: false })
       .example('hx bundle export.ndjson -o healthex.json', 'one transaction Bundle, as export_healthex.py writes it')
       .example('hx deid bulk/*.ndjson.gz | hx pretag | hx bundle --max-bytes 8MiB --max-entries 1000 > chunks.ndjson', 'Bundles ready to post, one per line')
