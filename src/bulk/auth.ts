@@ -7,7 +7,7 @@
  */
 import { createPrivateKey, randomUUID, type KeyObject } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { SignJWT, calculateJwkThumbprint, exportJWK, importJWK, type JWK } from 'jose';
+import type { JWK } from 'jose';
 import { HxError, UsageError } from '../errors.js';
 import { RETRYABLE_STATUS, RetryableError, parseRetryAfter } from '../http/retry.js';
 import { request } from 'undici';
@@ -55,6 +55,7 @@ export async function loadSigningKey(path: string, kid?: string): Promise<Signin
       throw new UsageError(`--private-key ${path}: not a private key PEM`);
     }
     const alg = algOfKeyObject(key, path);
+    const { calculateJwkThumbprint, exportJWK } = await jose();
     const publicJwk = await exportJWK(key);
     delete publicJwk.d;
     return { key, alg, kid: kid ?? (await calculateJwkThumbprint(publicJwk)) };
@@ -71,7 +72,12 @@ export async function loadSigningKey(path: string, kid?: string): Promise<Signin
   const alg = algOfJwk(jwk)!;
   const keyId = kid ?? jwk.kid;
   if (!keyId) throw new UsageError(`--private-key ${path}: the key has no kid; give one with --kid`);
-  return { key: await importJWK(jwk, alg), alg, kid: keyId };
+  return { key: await (await jose()).importJWK(jwk, alg), alg, kid: keyId };
+}
+
+/** Loaded on first use: most runs need no signing, and every `hx` start would pay for it. */
+function jose(): Promise<typeof import('jose')> {
+  return import('jose');
 }
 
 function algOfJwk(jwk: JWK): SigningAlg | undefined {
@@ -89,8 +95,9 @@ function algOfKeyObject(key: KeyObject, path: string): SigningAlg {
 }
 
 /** The signed client assertion: iss = sub = client id, aud = token endpoint, 5 minutes, unique jti. */
-export function clientAssertion(clientId: string, tokenUrl: string, key: SigningKey, now = Date.now()): Promise<string> {
+export async function clientAssertion(clientId: string, tokenUrl: string, key: SigningKey, now = Date.now()): Promise<string> {
   const seconds = Math.floor(now / 1000);
+  const { SignJWT } = await jose();
   return new SignJWT({ jti: randomUUID() })
     .setProtectedHeader({ alg: key.alg, kid: key.kid, typ: 'JWT' })
     .setIssuer(clientId)
