@@ -137,12 +137,20 @@ describe('hx bulk export', () => {
     });
     const report = join(tempDir(), 'report.json');
     const run = await hx(['bulk', 'export', '--base-url', s.base, '--report', report, ...FAST]);
-    expect(run.stderr).toBe(run.stderr); // (kept for debugging)
     expect(run.code).toBe(0);
     expect(run.stdout.equals(served(s, files))).toBe(true);
     const account = JSON.parse(readFileSync(report, 'utf8'));
     expect(account.retries).toBe(6);
     expect(account.resources).toBe(810);
+  });
+
+  it('a file streaming straight to stdout that breaks off is fetched again without repeating what stdout has', async () => {
+    const files = basicFiles();
+    const s = await serve({ files, faults: [{ match: /obs-0/, times: 2, fault: { kind: 'reset', afterBytes: 30_000 } }] });
+    const run = await hx(['bulk', 'export', '--base-url', s.base, '--concurrency', '1', ...FAST]);
+    expect(run.code).toBe(0);
+    expect(run.stdout.equals(served(s, files))).toBe(true);
+    expect(s.requests.filter((r) => r.url === '/fhir/files/obs-0.ndjson')).toHaveLength(3);
   });
 
   it('reports a failed kick-off and an expired file with the server diagnostics', async () => {
