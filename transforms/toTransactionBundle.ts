@@ -74,7 +74,7 @@ export const DUPLICATE_REASON = 'duplicate (type, id)';
 const FHIR_ID = /^[A-Za-z0-9\-.]{1,64}$/;
 
 /**
- * `Type/id` for `request.url` (and the dedupe key), or undefined for a
+ * `Type/id` for `request.url` (and the key within a chunk), or undefined for a
  * resource without an id (missing, null or empty, as Python's `r.get("id")`
  * sees it). The resourceType was checked by the reader.
  */
