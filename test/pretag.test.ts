@@ -27,28 +27,9 @@ const examples: Resource[] = readFileSync(FIXTURE, 'utf8')
   .map((line) => JSON.parse(line));
 
 /** The tags each example must get, from the contract's rules (ids not listed: none). */
-export const EXPECTED_TAGS: Record<string, string[]> = {
-  'never-current-1': ['smoking_contradiction'],
-  'never-current-2': ['smoking_contradiction'],
-  'upper-snomed-1': ['smoking_contradiction'],
-  'upper-snomed-2': ['smoking_contradiction'],
-  'no-value-1': ['smoking_contradiction'],
-  'no-value-2': ['smoking_contradiction', 'missing_result'],
-  'no-value-3': ['smoking_contradiction'],
-  'no-subject-1': ['smoking_contradiction'],
-  'no-subject-2': ['smoking_contradiction'],
-  'interp-H': ['h_flag_titer'],
-  'interp-HH': ['h_flag_titer'],
-  'interp-HU': ['h_flag_titer'],
-  'string-High': ['h_flag_titer'],
-  'string-Hemolyzed': ['h_flag_titer'],
-  'string-spaced-High': ['h_flag_titer'],
-  'string-titer': ['h_flag_titer'],
-  'component-only': ['missing_result'],
-  'absent-only': ['missing_result'],
-  'kept-extension': ['h_flag_titer'],
-  'h-and-missing': ['h_flag_titer', 'missing_result'],
-};
+const EXPECTED_TAGS: Record<string, string[]> = JSON.parse(
+  readFileSync(new URL('./fixtures/pretag/expected-tags.json', import.meta.url), 'utf8'),
+);
 
 /** The extension exactly as the contract spells it, typed out by hand (note the em dashes). */
 const H_FLAG_EXTENSION =

@@ -296,18 +296,20 @@ export function pretagStage(options: PretagOptions, ctx: StageContext): Duplex {
       stats.spoolBytes = spool.bytes;
       noteStates(states, stats);
       let out: Batch | undefined;
-      for await (const text of spool.lines()) {
-        const [source, line, resource] = JSON.parse(text) as [string, number, Resource];
-        if (out && (out.source !== source || out.resources.length >= SPOOL_BATCH)) {
-          yield out;
-          out = undefined;
-        }
-        out ??= { source, lines: [], resources: [] };
-        const contradictory = states.get(subjectReference(resource)) === CONTRADICTORY;
-        const tagged = tagger.one(resource, { source, line }, contradictory);
-        if (tagged) {
-          out.resources.push(tagged);
-          out.lines.push(line);
+      for await (const texts of spool.lines()) {
+        for (const text of texts) {
+          const [source, line, resource] = JSON.parse(text) as [string, number, Resource];
+          if (out && (out.source !== source || out.resources.length >= SPOOL_BATCH)) {
+            yield out;
+            out = undefined;
+          }
+          out ??= { source, lines: [], resources: [] };
+          const contradictory = states.get(subjectReference(resource)) === CONTRADICTORY;
+          const tagged = tagger.one(resource, { source, line }, contradictory);
+          if (tagged) {
+            out.resources.push(tagged);
+            out.lines.push(line);
+          }
         }
       }
       if (out && out.resources.length > 0) yield out;

@@ -1,7 +1,7 @@
 import { mkdtemp, open, rm, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
+import { StringDecoder } from 'node:string_decoder';
 
 /**
  * Lines set aside on disk and read back in the order written: a temporary
@@ -38,10 +38,27 @@ export class Spool {
     this.bytes += bytesWritten;
   }
 
-  /** The lines written, from the first, without their newline. */
-  lines(): AsyncIterable<string> {
-    const input = this.file.createReadStream({ start: 0, autoClose: false, highWaterMark: 1 << 20 });
-    return createInterface({ input, crlfDelay: Infinity });
+  /**
+   * The lines written, from the first, without their newline, a read's worth
+   * (up to `chunkBytes`) at a time. Pull-based: nothing is read ahead of the
+   * consumer, so memory holds one chunk.
+   */
+  async *lines(chunkBytes = 64 * 1024): AsyncGenerator<string[]> {
+    const buffer = Buffer.allocUnsafe(chunkBytes);
+    const decoder = new StringDecoder('utf8');
+    let position = 0;
+    let carry = '';
+    for (;;) {
+      const { bytesRead } = await this.file.read(buffer, 0, buffer.length, position);
+      if (bytesRead === 0) break;
+      position += bytesRead;
+      const text = carry + decoder.write(buffer.subarray(0, bytesRead));
+      const lines = text.split('\n');
+      carry = lines.pop()!;
+      if (lines.length > 0) yield lines;
+    }
+    carry += decoder.end();
+    if (carry) yield [carry];
   }
 
   async close(): Promise<void> {
