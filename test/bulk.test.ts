@@ -96,7 +96,7 @@ describe('hx bulk export', () => {
 
   it('group export to --dir: one file per entry, manifest.json, header lines and a wrong manifest count in the account', async () => {
     const files: FileSpec[] = [
-      { name: '2.output.ndjson', body: fixture('organized-by-patient.ndjson') },
+      { name: '2.output.ndjson', body: fixture('organized-by-patient.ndjson'), count: 10 }, // as captured: header lines not counted
       { name: 'p.ndjson', type: 'Patient', body: fixture('small-pages-Patient.ndjson'), count: 99 },
       { name: 'del.ndjson', kind: 'deleted', type: 'Bundle', body: fixture('deleted-2.AllergyIntolerance.ndjson') },
     ];
@@ -187,6 +187,7 @@ describe('hx bulk export', () => {
     const noNewline = Buffer.from('{"resourceType":"Patient","id":"a"}\n{"resourceType":"Patient","id":"b"}');
     const s = await serve({ files: [{ name: 'a', type: 'Patient', body: noNewline }, ...basicFiles().slice(1, 2)] });
     const run = await hx(['bulk', 'export', '--base-url', s.base, ...FAST]);
+    expect(run.stderr).toContain('2 files, 9 resources');
     expect(run.code).toBe(0);
     expect(parseNdjson(run.stdout).map((r) => r.id)).toEqual(['a', 'b', ...parseNdjson(fixture('small-pages-Condition.ndjson')).map((r) => r.id)]);
   });
