@@ -1,0 +1,156 @@
+/**
+ * What the de-identifier knows about FHIR R4 data types, in one place.
+ *
+ * FHIR JSON carries no type names below the resource, so a datatype is told
+ * from the element's name where R4 gives that name one type everywhere
+ * (`telecom` is always ContactPoint, `identifier` always Identifier,
+ * `*Date` always a date …) and otherwise from the value's shape (an object
+ * with `contentType` and `data` is an Attachment, one with `system`/`code`
+ * a Coding …). None of this is a list of resource paths: a resource type
+ * nobody listed is covered by the same rules.
+ */
+
+export const DATA_ABSENT_REASON = 'http://hl7.org/fhir/StructureDefinition/data-absent-reason';
+
+/**
+ * The mark left where a value was removed: an element holding only the
+ * data-absent-reason extension `masked`, so later stages can tell "removed"
+ * from "never there". Shared and frozen: output objects point at it.
+ */
+export const MASKED = deepFreeze({ extension: [{ url: DATA_ABSENT_REASON, valueCode: 'masked' }] });
+/** The mark for a repeating element (`_given`, `_line`, a removed `name[]`). */
+export const MASKED_LIST = deepFreeze([MASKED]);
+
+/** Extensions kept by safe-harbor (all others are dropped and counted by URL). */
+export const ALLOWED_EXTENSIONS: ReadonlySet<string> = new Set([
+  'http://hl7.org/fhir/us/core/StructureDefinition/us-core-race',
+  'http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity',
+  'http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex',
+  'http://hl7.org/fhir/us/core/StructureDefinition/us-core-genderIdentity',
+  DATA_ABSENT_REASON,
+  'https://healthclaw.example.org/fhir/StructureDefinition/curatr-pretag',
+]);
+
+/** HL7 security labels (v3 SecurityAlterationIntegrityObservationValue) for what was done. */
+export const SECURITY_SYSTEM = 'http://terminology.hl7.org/CodeSystem/v3-ObservationValue';
+export const SECURITY_LABELS = {
+  REDACTED: { system: SECURITY_SYSTEM, code: 'REDACTED', display: 'redacted' },
+  ABSTRED: { system: SECURITY_SYSTEM, code: 'ABSTRED', display: 'abstracted' },
+  PSEUDED: { system: SECURITY_SYSTEM, code: 'PSEUDED', display: 'pseudonymized' },
+} as const;
+
+/** Resource types whose references lose `display` in the export profile (it is a person's name). */
+export const PERSON_TYPES: ReadonlySet<string> = new Set(['Patient', 'Person', 'RelatedPerson']);
+
+/**
+ * Free-text string elements: removed (and marked) wherever they appear.
+ * `text` is handled apart (kept in a CodeableConcept, where it names a code).
+ */
+export const FREE_TEXT_KEYS: ReadonlySet<string> = new Set([
+  'comment', 'comments', 'description', 'note', 'valueString', 'valueMarkdown', 'valueUrl', 'valueUri',
+  'valueBase64Binary', 'contentString', 'authorString', 'summary', 'conclusion', 'patientInstruction',
+  'title', 'alias', 'sourceString', 'answerString', 'data', 'ifNoneExist', 'ifMatch', 'ifNoneMatch', 'ifModifiedSince',
+  'outcomeString', 'reasonString', 'detailString', 'sourceUri',
+]);
+
+/** Strings that are identifiers of a person or device without being an Identifier. */
+export const IDENTIFIER_STRING_KEYS: ReadonlySet<string> = new Set([
+  'serialNumber', 'subscriberId', 'preAuthRef', 'distinctIdentifier', 'carrierHRF', 'carrierAIDC', 'deviceIdentifier',
+  'accountNumber', 'policyNumber',
+]);
+
+/** Coded or structural strings, kept as they are (never free text, never a date). */
+export const CODE_KEYS: ReadonlySet<string> = new Set([
+  'resourceType', 'id', 'code', 'system', 'version', 'url', 'unit', 'status', 'use', 'type', 'language', 'contentType',
+  'linkId', 'comparator', 'state', 'country', 'gender', 'profile', 'valueCode', 'valueId', 'valueOid', 'valueUuid',
+  'intent', 'priority', 'mode', 'method', 'relation', 'versionId', 'source', 'fullUrl',
+]);
+
+/** Elements typed date, dateTime or instant in R4 that do not end in Date/DateTime/Instant. */
+const DATE_NAMES: ReadonlySet<string> = new Set([
+  'date', 'start', 'end', 'issued', 'recorded', 'lastUpdated', 'timestamp', 'created', 'authoredOn', 'time', 'when',
+  'sent', 'received', 'whenPrepared', 'whenHandedOver', 'occurrence', 'dateWritten', 'asserted', 'lastModified',
+  'dateTime', 'instant', 'birthDate', 'collectedTime', 'receivedTime', 'effective',
+]);
+
+/** True for an element whose type is date, dateTime or instant. */
+export function isDateKey(key: string): boolean {
+  return DATE_NAMES.has(key) || key.endsWith('Date') || key.endsWith('DateTime') || key.endsWith('Instant');
+}
+
+/**
+ * Instants (full precision required, so a year is not a valid value):
+ * these are removed and marked rather than cut to the year.
+ */
+const INSTANT_NAMES: ReadonlySet<string> = new Set(['issued', 'recorded', 'lastUpdated', 'timestamp', 'when']);
+const INSTANT_BY_TYPE: Readonly<Record<string, ReadonlySet<string>>> = {
+  Appointment: new Set(['start', 'end']),
+  Slot: new Set(['start', 'end']),
+  DocumentReference: new Set(['date']),
+};
+
+export function isInstantKey(key: string, resourceType: string, atRoot: boolean): boolean {
+  return INSTANT_NAMES.has(key) || key.endsWith('Instant') || (atRoot && INSTANT_BY_TYPE[resourceType]?.has(key) === true);
+}
+
+/** True for an element typed Identifier (`identifier`, `masterIdentifier`, `valueIdentifier` …). */
+export function isIdentifierKey(key: string): boolean {
+  return key === 'identifier' || (key.endsWith('Identifier') && key !== 'distinctIdentifier' && key !== 'deviceIdentifier');
+}
+
+type Json = Record<string, unknown>;
+
+/** A Coding (or something with a code): its `display` names the code and is kept. */
+export function isCodingLike(obj: Json): boolean {
+  return (obj.code !== undefined || obj.system !== undefined) && obj.reference === undefined;
+}
+
+/** A CodeableConcept: only `coding`, `text`, `id`, `extension`; its `text` names the concept and is kept. */
+export function isCodeableConceptLike(obj: Json): boolean {
+  for (const key in obj) if (key !== 'coding' && key !== 'text' && key !== 'id' && key !== 'extension' && key !== '_text') return false;
+  return true;
+}
+
+const ATTACHMENT_KEYS: ReadonlySet<string> = new Set([
+  'contentType', 'language', 'data', 'url', 'size', 'hash', 'title', 'creation', 'id', 'extension',
+  '_contentType', '_language', '_data', '_url', '_size', '_hash', '_title', '_creation',
+]);
+
+/** An Attachment: `data` or `url` (or `contentType`) and nothing an Attachment does not have. */
+export function isAttachmentLike(obj: Json): boolean {
+  if (obj.data === undefined && obj.url === undefined && obj.contentType === undefined) return false;
+  if (obj.resourceType !== undefined) return false;
+  for (const key in obj) if (!ATTACHMENT_KEYS.has(key)) return false;
+  return true;
+}
+
+/** Years per unit of a time Quantity (UCUM code, or a common spelling in `unit`). */
+const YEARS_PER_UNIT: Readonly<Record<string, number>> = {
+  a: 1, yr: 1, year: 1, years: 1, y: 1, ann: 1,
+  mo: 1 / 12, month: 1 / 12, months: 1 / 12,
+  wk: 7 / 365.25, week: 7 / 365.25, weeks: 7 / 365.25,
+  d: 1 / 365.25, day: 1 / 365.25, days: 1 / 365.25,
+  h: 1 / 8766, hour: 1 / 8766, hours: 1 / 8766,
+  min: 1 / 525960,
+};
+
+/**
+ * The age in years a Quantity states, when it is a Quantity of time
+ * (the Age type, or an Observation value in `a`/`mo`/`d`…); else undefined.
+ */
+export function quantityYears(obj: Json): number | undefined {
+  const value = obj.value;
+  if (typeof value !== 'number') return undefined;
+  const unit = typeof obj.code === 'string' ? obj.code : typeof obj.unit === 'string' ? obj.unit.toLowerCase() : undefined;
+  if (unit === undefined) return undefined;
+  const factor = YEARS_PER_UNIT[unit];
+  return factor === undefined ? undefined : value * factor;
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object') {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}

@@ -1,0 +1,422 @@
+/**
+ * The safe-harbor profile: HIPAA Safe Harbor (45 CFR 164.514(b)(2)) on any
+ * FHIR R4 resource, driven by data types (see fhirTypes.ts), not by paths.
+ *
+ * One copy-on-write walk per resource: an object or array is copied only
+ * when something under it changes, so unchanged subtrees (codings,
+ * quantities) are shared with the input, which is never modified.
+ */
+import { RecordRejected } from '../errors.js';
+import type { Resource } from '../types.js';
+import { FHIR_DATE, looksLikeDate, maxAgeAt, shiftDate, type CalendarDate } from './dates.js';
+import {
+  ALLOWED_EXTENSIONS,
+  CODE_KEYS,
+  FREE_TEXT_KEYS,
+  IDENTIFIER_STRING_KEYS,
+  MASKED,
+  MASKED_LIST,
+  SECURITY_LABELS,
+  isAttachmentLike,
+  isCodeableConceptLike,
+  isCodingLike,
+  isDateKey,
+  isIdentifierKey,
+  isInstantKey,
+  quantityYears,
+} from './fhirTypes.js';
+import { referencedId, referencedType, type Pseudonymizer } from './pseudonym.js';
+import type { Action, DeidReport } from './report.js';
+import { safeHarborZip, type Zip3Table } from './zip3.js';
+
+type Json = Record<string, unknown>;
+
+export interface SafeHarborConfig {
+  pseudonyms: Pseudonymizer;
+  /** The day the 90+ rule is judged on. */
+  asOf: CalendarDate;
+  /** 0: dates become their year (Safe Harbor). n > 0: shift by the patient's keyed offset in ±n days (not Safe Harbor). */
+  dateShiftDays: number;
+  zip3: Zip3Table;
+  report: DeidReport;
+}
+
+/** What an element becomes besides a new value. */
+const REMOVE = Symbol('remove');
+/** A primitive removed and marked: `_key` gets the data-absent-reason mark. */
+const MASK = Symbol('mask');
+/** A complex element removed and marked: `key` becomes the mark itself. */
+const MASK_ELEMENT = Symbol('mask-element');
+
+/** The datatype of the object being walked, when its members have rules of their own. */
+const enum Kind {
+  Plain,
+  Root,
+  Identifier,
+  Address,
+  Annotation,
+  Attachment,
+  Meta,
+  Request,
+  Response,
+}
+
+/** Bits of what was done to one resource, for its meta.security labels. */
+const REDACTED = 1;
+const ABSTRED = 2;
+const PSEUDED = 4;
+
+/** Free text (a space or line break), an e-mail address, a phone or social security number. */
+const FREE_TEXT_OR_CONTACT = /\s|@|^\+?\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4}$|^\d{3}-\d{2}-\d{4}$/;
+
+export class SafeHarbor {
+  private readonly path: string[] = [];
+  private resourceType = '';
+  private patient = '';
+  private offset = 0;
+  private hits = 0;
+
+  constructor(private readonly config: SafeHarborConfig) {}
+
+  apply(resource: Resource): Resource {
+    this.path.length = 0;
+    this.patient = '';
+    return this.root(resource, false) as Resource;
+  }
+
+  private get report(): DeidReport {
+    return this.config.report;
+  }
+
+  private root(res: Json, contained: boolean): Json {
+    const saved = { type: this.resourceType, patient: this.patient, offset: this.offset, hits: this.hits };
+    const type = String(res.resourceType);
+    this.resourceType = type;
+    this.path.push(this.path.length === 0 ? type : `ofType(${type})`);
+    if (this.config.dateShiftDays > 0) {
+      this.patient = patientOf(res) ?? this.patient;
+      this.offset = this.config.pseudonyms.dayOffset(this.patient, this.config.dateShiftDays);
+    }
+    this.hits = 0;
+    let out = this.object(res, Kind.Root);
+    if (!contained && this.hits !== 0) out = withSecurityLabels(out === res ? { ...res } : out, this.hits);
+    this.path.pop();
+    this.resourceType = saved.type;
+    this.patient = saved.patient;
+    this.offset = saved.offset;
+    this.hits |= saved.hits;
+    return out;
+  }
+
+  private object(obj: Json, kind: Kind): Json {
+    let out: Json | undefined;
+    for (const key in obj) {
+      const value = obj[key];
+      // The extensions of a primitive that was removed go with it.
+      if (out !== undefined && key.charCodeAt(0) === 95 && (out[key] === MASKED || out[key] === MASKED_LIST)) continue;
+      const result = this.member(obj, key, value, kind);
+      if (result === value && out === undefined) continue;
+      out ??= copyBefore(obj, key);
+      if (result === REMOVE) continue;
+      if (result === MASK) out['_' + key] = Array.isArray(value) ? MASKED_LIST : MASKED;
+      else if (result === MASK_ELEMENT) out[key] = Array.isArray(value) ? MASKED_LIST : MASKED;
+      else out[key] = result;
+    }
+    return out ?? obj;
+  }
+
+  private member(parent: Json, key: string, value: unknown, kind: Kind): unknown {
+    if (value === null || typeof value !== 'object') {
+      return typeof value === 'string' ? this.string(parent, key, value, kind) : value;
+    }
+    if (kind === Kind.Root) {
+      if (key === 'text') return this.remove(key, 'Narrative');
+      if (key === 'meta') return this.descend(key, value as Json, Kind.Meta);
+      if (key === 'contained' && Array.isArray(value)) return this.contained(value);
+    }
+    switch (key) {
+      case 'extension':
+        return this.extensions(value);
+      case 'modifierExtension':
+        return this.modifierExtensions(value);
+      case 'name':
+        return this.maskElement(key, 'HumanName');
+      case 'telecom':
+        return this.maskElement(key, 'ContactPoint');
+      case 'photo':
+        return this.maskElement(key, 'Attachment (photo)');
+      case 'udiCarrier':
+        return this.maskElement(key, 'UDI');
+      case 'position':
+        return this.remove(key, 'geolocation');
+      case 'address':
+        return this.typed(key, value, Kind.Address);
+      case 'note':
+        return this.typed(key, value, Kind.Annotation);
+      case 'link':
+        // Bundle.link / entry.link: search URLs, whose parameters may be identifiers.
+        if (Array.isArray(value) && typeof (value[0] as Json | undefined)?.relation === 'string') return this.remove(key, 'Bundle.link');
+        break;
+      case 'request':
+        if (typeof (value as Json).method === 'string') return this.descend(key, value as Json, Kind.Request);
+        break;
+      case 'response':
+        if (typeof (value as Json).status === 'string') return this.descend(key, value as Json, Kind.Response);
+        break;
+    }
+    if (isIdentifierKey(key)) return this.typed(key, value, Kind.Identifier);
+    if (Array.isArray(value)) return this.array(parent, key, value, kind);
+    return this.objectValue(key, value as Json);
+  }
+
+  /** An object met as a member (or an array item): a resource, an Attachment, an age, or plain. */
+  private objectValue(key: string, obj: Json): unknown {
+    if (typeof obj.resourceType === 'string') {
+      this.path.push(key);
+      const out = this.root(obj, false);
+      this.path.pop();
+      return out;
+    }
+    if (isAttachmentLike(obj)) return this.descend(key, obj, Kind.Attachment);
+    const years = quantityYears(obj);
+    if (years !== undefined && years >= 90) return this.capAge(key, obj);
+    return this.descend(key, obj, Kind.Plain);
+  }
+
+  /** The walked object, or REMOVE when all its members went (an empty element is not valid FHIR). */
+  private descend(key: string, obj: Json, kind: Kind): Json | typeof REMOVE {
+    this.path.push(key);
+    const out = this.object(obj, kind);
+    this.path.pop();
+    return out !== obj && isEmpty(out) ? REMOVE : out;
+  }
+
+  private array(parent: Json, key: string, arr: unknown[], kind: Kind): unknown {
+    let out: unknown[] | undefined;
+    for (let i = 0; i < arr.length; i++) {
+      const item = arr[i];
+      let result: unknown = item;
+      if (item !== null && typeof item === 'object') result = this.objectValue(key, item as Json);
+      else if (typeof item === 'string') {
+        result = this.string(parent, key, item, kind);
+        if (result === MASK) return MASK; // a repeating primitive goes as a whole
+      }
+      if (result === item && out === undefined) continue;
+      out ??= arr.slice(0, i);
+      if (result !== REMOVE) out.push(result);
+    }
+    return out === undefined ? arr : out.length > 0 ? out : REMOVE;
+  }
+
+  /** Objects (or a list of them) of a datatype with rules of its own; anything else in their place is masked. */
+  private typed(key: string, value: unknown, kind: Kind): unknown {
+    if (!Array.isArray(value)) {
+      return value !== null && typeof value === 'object' ? this.descend(key, value as Json, kind) : this.mask(key, 'unexpected value');
+    }
+    let out: unknown[] | undefined;
+    for (let i = 0; i < value.length; i++) {
+      const item = value[i];
+      if (item === null || typeof item !== 'object') return this.mask(key, 'unexpected value');
+      const result = this.descend(key, item as Json, kind);
+      if (result === item && out === undefined) continue;
+      out ??= value.slice(0, i);
+      if (result !== REMOVE) out.push(result);
+    }
+    return out === undefined ? value : out.length > 0 ? out : REMOVE;
+  }
+
+  private contained(list: unknown[]): unknown[] {
+    this.path.push('contained');
+    const out = list.map((item) => (item !== null && typeof item === 'object' && !Array.isArray(item) ? this.root(item as Json, true) : item));
+    this.path.pop();
+    return out;
+  }
+
+  private string(parent: Json, key: string, value: string, kind: Kind): unknown {
+    switch (kind) {
+      case Kind.Root:
+        if (key === 'id') return this.pseudonymise(key, this.config.pseudonyms.id(value), value);
+        break;
+      case Kind.Identifier:
+        if (key === 'value') return this.mask(key, 'Identifier.value');
+        break;
+      case Kind.Address:
+        if (key === 'postalCode') return this.zip(key, value);
+        if (key === 'line' || key === 'city' || key === 'district' || key === 'text') return this.mask(key, `Address.${key}`);
+        break;
+      case Kind.Annotation:
+        if (key === 'text') return this.mask(key, 'Annotation.text');
+        break;
+      case Kind.Attachment:
+        if (key === 'data' || key === 'url' || key === 'title' || key === 'hash') return this.mask(key, `Attachment.${key}`);
+        break;
+      case Kind.Meta:
+        if (key === 'lastUpdated' && this.config.dateShiftDays === 0) return this.remove(key, 'meta.lastUpdated');
+        break;
+      case Kind.Request:
+        if (key === 'url') {
+          const url = this.config.pseudonyms.requestUrl(value);
+          if (url === undefined) throw new RecordRejected(`${this.pathOf(key)}: a conditional or malformed URL cannot be pseudonymised`);
+          return this.pseudonymise(key, url, value);
+        }
+        break;
+      case Kind.Response:
+        if (key === 'location') return this.reference(key, value);
+        break;
+    }
+    switch (key) {
+      case 'reference':
+      case 'fullUrl':
+        return this.reference(key, value);
+      case 'display':
+        return isCodingLike(parent) ? value : this.mask(key, 'Reference.display');
+      case 'text':
+        return isCodeableConceptLike(parent) ? value : this.mask(key, 'free text');
+    }
+    if (CODE_KEYS.has(key)) return value;
+    if (FREE_TEXT_KEYS.has(key)) return this.mask(key, 'free text');
+    if (IDENTIFIER_STRING_KEYS.has(key)) return this.mask(key, 'identifier (string)');
+    if (isDateKey(key)) return this.date(key, value, kind, true);
+    if (looksLikeDate(value)) return this.date(key, value, kind, false);
+    if (FREE_TEXT_OR_CONTACT.test(value)) return this.mask(key, 'free text');
+    return value;
+  }
+
+  private date(key: string, value: string, kind: Kind, byName: boolean): unknown {
+    if (key === 'birthDate' || key === 'bornDate') {
+      const age = maxAgeAt(value, this.config.asOf);
+      if (age === undefined) return this.mask(key, 'unreadable date');
+      if (age >= 90) return this.mask(key, 'birth date (age 90 or over)');
+    }
+    if (!FHIR_DATE.test(value)) return byName ? this.mask(key, 'unreadable date') : value;
+    if (this.config.dateShiftDays > 0) {
+      const shifted = shiftDate(value, this.offset)!;
+      if (shifted !== value) this.record(key, 'shifted', ABSTRED);
+      return shifted;
+    }
+    if (isInstantKey(key, this.resourceType, kind === Kind.Root)) return this.mask(key, 'instant');
+    if (value.length <= 4) return value;
+    this.record(key, 'to-year', ABSTRED);
+    return value.slice(0, 4);
+  }
+
+  private zip(key: string, value: string): unknown {
+    const zip = safeHarborZip(value, this.config.zip3);
+    if (zip === undefined) return this.mask(key, 'postalCode (not a US ZIP)');
+    this.record(key, zip === '00000' ? 'zip-restricted' : 'zip3', ABSTRED);
+    return zip;
+  }
+
+  private reference(key: string, value: string): unknown {
+    const ref = this.config.pseudonyms.reference(value);
+    if (ref === undefined) return this.mask(key, 'reference (conditional or malformed)');
+    return this.pseudonymise(key, ref, value);
+  }
+
+  private pseudonymise(key: string, pseudonym: string, original: string): string {
+    if (pseudonym !== original) this.record(key, 'pseudonymised', PSEUDED);
+    return pseudonym;
+  }
+
+  private capAge(key: string, obj: Json): Json {
+    this.path.push(key);
+    this.record('value', 'age-capped', ABSTRED);
+    this.path.pop();
+    const out: Json = { ...obj, value: 90, comparator: '>=' };
+    if (obj.code !== undefined) out.code = 'a';
+    if (typeof obj.unit !== 'string' || (quantityYears({ value: 1, unit: obj.unit }) ?? 0) !== 1) out.unit = 'a';
+    return out;
+  }
+
+  private extensions(value: unknown): unknown {
+    if (!Array.isArray(value)) return this.mask('extension', 'unexpected value');
+    let out: unknown[] | undefined;
+    for (let i = 0; i < value.length; i++) {
+      const ext = value[i] as Json | null;
+      if (ext !== null && typeof ext === 'object' && ALLOWED_EXTENSIONS.has(ext.url as string)) {
+        out?.push(ext);
+        continue;
+      }
+      out ??= value.slice(0, i);
+      this.report.extensionDropped(ext?.url);
+      this.record('extension', 'extension-dropped', REDACTED);
+    }
+    if (out === undefined) return value;
+    return out.length > 0 ? out : REMOVE;
+  }
+
+  private modifierExtensions(value: unknown): unknown {
+    if (Array.isArray(value) && value.every((ext) => ALLOWED_EXTENSIONS.has((ext as Json | null)?.url as string))) return value;
+    throw new RecordRejected(`${this.pathOf('modifierExtension')}: unknown modifier extension (its meaning cannot be kept)`);
+  }
+
+  private mask(key: string, kind: string): typeof MASK {
+    this.record(key, 'masked', REDACTED, kind);
+    return MASK;
+  }
+
+  private maskElement(key: string, kind: string): typeof MASK_ELEMENT {
+    this.record(key, 'masked', REDACTED, kind);
+    return MASK_ELEMENT;
+  }
+
+  private remove(key: string, kind: string): typeof REMOVE {
+    this.record(key, 'removed', REDACTED, kind);
+    return REMOVE;
+  }
+
+  private record(key: string, action: Action, bit: number, kind?: string): void {
+    this.hits |= bit;
+    this.report.record(this.report.tracksPaths ? this.pathOf(key) : '', action, kind);
+  }
+
+  private pathOf(key: string): string {
+    return this.path.join('.') + '.' + key;
+  }
+}
+
+/** The patient a resource belongs to, for its date offset: its own id, or its subject/patient reference. */
+function patientOf(res: Json): string | undefined {
+  if (res.resourceType === 'Patient') return typeof res.id === 'string' ? res.id : undefined;
+  for (const key of ['subject', 'patient', 'beneficiary']) {
+    const ref = (res[key] as Json | undefined)?.reference;
+    if (typeof ref !== 'string') continue;
+    const type = referencedType(ref);
+    if (type === undefined || type === 'Patient') {
+      const id = referencedId(ref);
+      if (id !== undefined) return id;
+    }
+  }
+  return undefined;
+}
+
+function isEmpty(obj: Json): boolean {
+  for (const _ in obj) return false;
+  return true;
+}
+
+/** A new object with the members of `obj` that come before `stop`. */
+function copyBefore(obj: Json, stop: string): Json {
+  const out: Json = {};
+  for (const key in obj) {
+    if (key === stop) break;
+    out[key] = obj[key];
+  }
+  return out;
+}
+
+/** `res` with the labels for `hits` added to meta.security (once each). */
+function withSecurityLabels(res: Json, hits: number): Json {
+  const meta = (res.meta !== null && typeof res.meta === 'object' ? res.meta : {}) as Json;
+  const security = Array.isArray(meta.security) ? [...meta.security] : [];
+  const add = (bit: number, label: { system: string; code: string; display: string }) => {
+    if (!(hits & bit)) return;
+    if (security.some((s) => (s as Json)?.system === label.system && (s as Json)?.code === label.code)) return;
+    security.push({ ...label });
+  };
+  add(REDACTED, SECURITY_LABELS.REDACTED);
+  add(ABSTRED, SECURITY_LABELS.ABSTRED);
+  add(PSEUDED, SECURITY_LABELS.PSEUDED);
+  res.meta = { ...meta, security };
+  return res;
+}

@@ -1,0 +1,165 @@
+/**
+ * deidentify: one FHIR resource in, its de-identified copy out, under one of
+ * three profiles (see README, `hx deid`):
+ *
+ * - `export` (default): HealthClaw's patient-controlled export
+ *   (src/deid/exportProfile.ts);
+ * - `redact`: HealthClaw Guardrails' read-time redaction (src/deid/redactProfile.ts);
+ * - `safe-harbor`: HIPAA Safe Harbor with keyed pseudonyms (src/deid/safeHarbor.ts).
+ *
+ * The per-record core is `createDeidentifier(options).deidentify` (or the
+ * one-shot `deidentify(resource, options)`); the stream stage is
+ * `deidentifyStage`, a `mapStage` over it. No state crosses records except
+ * bounded caches of HMACs and the report's counters, so the output of a
+ * record depends only on the record, the key, the profile and the options:
+ * byte-identical whatever the chunking or file split.
+ */
+import type { Transform } from 'node:stream';
+import { RecordRejected, UsageError } from '../src/errors.js';
+import { mapStage, type StageContext } from '../src/stage.js';
+import type { Location, Resource } from '../src/types.js';
+import { parseCalendarDate, todayUtc, type CalendarDate } from '../src/deid/dates.js';
+import { ExportProfile } from '../src/deid/exportProfile.js';
+import { Pseudonymizer, type IdMode, type KeySource } from '../src/deid/pseudonym.js';
+import { RedactProfile } from '../src/deid/redactProfile.js';
+import { DeidReport } from '../src/deid/report.js';
+import { SafeHarbor } from '../src/deid/safeHarbor.js';
+import { CENSUS_UNION_ZIP3, type Zip3Table } from '../src/deid/zip3.js';
+
+export const PROFILES = ['export', 'redact', 'safe-harbor'] as const;
+export type Profile = (typeof PROFILES)[number];
+
+export interface DeidentifyOptions {
+  profile?: Profile;
+  /**
+   * The pseudonym key (bytes, or a string taken as UTF-8). Without one a
+   * random key is drawn: pseudonyms then match nothing outside this run.
+   */
+  key?: Buffer | string;
+  /** For the account only: where the key came from. */
+  keySource?: KeySource;
+  /** `hx` (default): UUID-shaped pseudonyms. `ms-compat`: hex HMAC-SHA256(key, id), as Microsoft's FHIR anonymizer. */
+  idMode?: IdMode;
+  /** `YYYY-MM-DD`, the day the 90+ rule is judged on (default: today, UTC). */
+  asOf?: string;
+  /** safe-harbor only: shift dates by a keyed per-patient offset in ±days instead of cutting them to the year. */
+  dateShiftDays?: number;
+  /** Restricted three-digit ZIP prefixes (default: the 2000/2010/2020 census union). */
+  zip3?: Zip3Table;
+  /** Count actions per element path too (the `--explain` report); costs some speed. */
+  explain?: boolean;
+  /** Counters to add to (a new one by default). */
+  report?: DeidReport;
+}
+
+export interface Deidentifier {
+  /**
+   * The de-identified copy of `resource`. Never modifies `resource`; the
+   * copy may share unchanged sub-objects with it (copy-on-write). Throws
+   * RecordRejected (reason names the element path, never a value) for what
+   * cannot be de-identified safely, e.g. an unknown modifierExtension.
+   */
+  deidentify(resource: Resource): Resource;
+  readonly report: DeidReport;
+  /** What the account shows about this run's settings. */
+  readonly settings: DeidSettings;
+}
+
+export interface DeidSettings {
+  profile: Profile;
+  keyFingerprint: string;
+  keySource: KeySource;
+  idMode: IdMode;
+  asOf: string;
+  dateShiftDays: number;
+  zip3Table: string;
+  pseudonymisesIds: boolean;
+}
+
+export function createDeidentifier(options: DeidentifyOptions = {}): Deidentifier {
+  const profile = options.profile ?? 'export';
+  if (!PROFILES.includes(profile)) throw new UsageError(`unknown profile "${profile}" (one of ${PROFILES.join(', ')})`);
+  const asOfText = options.asOf ?? todayUtc();
+  const asOf: CalendarDate | undefined = parseCalendarDate(asOfText);
+  if (!asOf) throw new UsageError('--as-of must be a date YYYY-MM-DD');
+  const dateShiftDays = options.dateShiftDays ?? 0;
+  if (!Number.isInteger(dateShiftDays) || dateShiftDays < 0 || dateShiftDays > 3650) {
+    throw new UsageError('--date-shift must be a whole number of days from 1 to 3650');
+  }
+  if (dateShiftDays > 0 && profile !== 'safe-harbor') throw new UsageError('--date-shift applies to --profile safe-harbor only');
+  const key = options.key === undefined ? Pseudonymizer.randomKey() : Buffer.isBuffer(options.key) ? options.key : Buffer.from(options.key, 'utf8');
+  if (key.length === 0) throw new UsageError('the de-identification key is empty');
+  const pseudonyms = new Pseudonymizer({ key, idMode: options.idMode });
+  const report = options.report ?? new DeidReport(options.explain ?? false);
+  const zip3 = options.zip3 ?? CENSUS_UNION_ZIP3;
+  const apply = profileFunction(profile, { pseudonyms, report, asOf, dateShiftDays, zip3 });
+  const settings: DeidSettings = {
+    profile,
+    keyFingerprint: pseudonyms.fingerprint,
+    keySource: options.key === undefined ? 'random' : (options.keySource ?? 'given'),
+    idMode: pseudonyms.idMode,
+    asOf: asOfText,
+    dateShiftDays,
+    zip3Table: zip3.version,
+    pseudonymisesIds: profile === 'safe-harbor',
+  };
+  return {
+    report,
+    settings,
+    deidentify(resource: Resource): Resource {
+      report.beginResource();
+      try {
+        const out = apply(resource);
+        report.endResource();
+        return out;
+      } catch (err) {
+        if (err instanceof RecordRejected) report.rejected(err.reason);
+        throw err;
+      }
+    },
+  };
+}
+
+function profileFunction(
+  profile: Profile,
+  config: { pseudonyms: Pseudonymizer; report: DeidReport; asOf: CalendarDate; dateShiftDays: number; zip3: Zip3Table },
+): (resource: Resource) => Resource {
+  switch (profile) {
+    case 'export': {
+      const p = new ExportProfile(config);
+      return (r) => p.apply(r);
+    }
+    case 'redact': {
+      const p = new RedactProfile(config.report);
+      return (r) => p.apply(r);
+    }
+    case 'safe-harbor': {
+      const p = new SafeHarbor(config);
+      return (r) => p.apply(r);
+    }
+  }
+}
+
+const oneShot = new WeakMap<DeidentifyOptions, Deidentifier>();
+
+/**
+ * The pure per-record function: `resource` de-identified under `options`.
+ * Does not modify `resource` (the result may share unchanged sub-objects
+ * with it). Reuses the keyed state for the same `options` object, so call
+ * it with one options object per run. Throws RecordRejected for a record
+ * that cannot be de-identified safely.
+ */
+export function deidentify(resource: Resource, options: DeidentifyOptions = {}): Resource {
+  let d = oneShot.get(options);
+  if (!d) {
+    d = createDeidentifier(options);
+    oneShot.set(options, d);
+  }
+  return d.deidentify(resource);
+}
+
+/** The stream stage: Batches in, de-identified Batches out; rejects go to the run's policy. */
+export function deidentifyStage(deidentifier: Deidentifier, ctx: StageContext): Transform {
+  ctx.account.stage('deid', () => ({ ...deidentifier.settings, toJSON: () => ({ ...deidentifier.settings, ...deidentifier.report.toJSON() }) }));
+  return mapStage((resource: Resource, _loc: Location) => deidentifier.deidentify(resource), ctx);
+}
