@@ -62,7 +62,7 @@ export function openOutput(options: OutputOptions): Output {
 
 /** Resolves when `head` has been written through to `sink` (and `sink` finished when `end`). */
 function piped(head: Writable, sink: Writable, end: boolean): Promise<void> {
-  return new Promise((resolve, reject) => {
+  const done = new Promise<void>((resolve, reject) => {
     sink.once('error', reject);
     if (head !== sink) {
       head.once('error', reject);
@@ -71,4 +71,8 @@ function piped(head: Writable, sink: Writable, end: boolean): Promise<void> {
     if (end) sink.once('finish', resolve);
     else (head as unknown as NodeJS.ReadableStream).once('end', resolve);
   });
+  // A failed run destroys the streams with its error and calls abort(), not commit():
+  // nobody awaits `done` then, and its rejection must not crash the process.
+  done.catch(() => {});
+  return done;
 }
