@@ -99,6 +99,23 @@ describe('hx fetch: paging', () => {
   });
 });
 
+describe('hx fetch: failures', () => {
+  it('ends the whole run when a later search fails while an earlier one is still streaming', async () => {
+    const server = await serve({
+      tenants: { default: { Observation: 20_000, Encounter: 10 } },
+      faults: [{ match: /Encounter/, fault: { kind: 'status', status: 404 } }],
+    });
+    const dir = tempDir();
+    const out = join(dir, 'out.ndjson');
+    const r = await hx(['fetch', '--base-url', server.base, '--types', 'Observation', 'Encounter', '--count', '100', '-o', out]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe('hx: Encounter page 1: HTTP 404 — not found: check --base-url, the resource type and the patient id; the server says: injected 404\n');
+    expect(() => readFileSync(out)).toThrow();
+    // Observation stopped early rather than running to its 200th page.
+    expect(server.requests.filter((q) => q.url.startsWith('/fhir/Observation')).length).toBeLessThan(200);
+  });
+});
+
 describe('hx fetch: a HealthClaw-style server (no next links)', () => {
   const healthclaw = (extra: Partial<FhirServerOptions> = {}): FhirServerOptions => ({
     paging: 'healthclaw',
