@@ -129,13 +129,12 @@ function tableRows(account: Account, counts: TagCounts): Transform {
   return new Transform({
     writableObjectMode: true,
     transform(batch: Batch, _encoding, callback) {
-      let text = eachRow(batch, account, counts, (row) => {
+      const text = eachRow(batch, account, counts, (row) => {
         const cells = [row.id ?? '-', row.resourceType, row.subject ?? '-', row.tags.join(',')];
         if (!pending) return format(cells);
         pending.push(cells);
-        return '';
+        return pending.length === WIDTH_WINDOW ? release() : '';
       });
-      if (pending && pending.length >= WIDTH_WINDOW) text += release();
       callback(null, text);
     },
     flush(callback) {
