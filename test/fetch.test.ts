@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { hx, parseNdjson, tempDir } from './support/cli.js';
@@ -144,6 +144,22 @@ describe('hx fetch: a HealthClaw-style server (no next links)', () => {
     // Every request carried the tenant and a step-up token; keyset pages asked for le<instant>, sorted newest first.
     expect(server.requests.every((q) => q.headers['x-tenant-id'] === 'ev-personal' && q.headers['x-step-up-token'])).toBe(true);
     expect(server.requests.filter((q) => /_lastUpdated=le2026/.test(decodeURIComponent(q.url)))).toHaveLength(15);
+  });
+
+  it('writes the golden output for a small tenant paged by keyset (pages of 10, four resources per instant)', async () => {
+    const server = await serve(healthclaw({ maxCount: 10, perInstant: 4, tenants: { 'ev-personal': { Patient: 2, Observation: 25 } } }));
+    const r = await hx(['fetch', '--base-url', server.base, '--tenant-id', 'ev-personal', '--types', 'Patient', 'Observation'], { env });
+    expect(r.code).toBe(0);
+    const golden = join(import.meta.dirname, 'fixtures/fetch/healthclaw-keyset.ndjson');
+    if (process.env.UPDATE_GOLDEN) writeFileSync(golden, r.stdout);
+    expect(r.stdout.toString()).toBe(readFileSync(golden, 'utf8'));
+    // Pages of 10, instants shared by 4 (Observation i at second i/4): each keyset page starts again at the boundary instant.
+    expect(server.requests.map((q) => decodeURIComponent(q.url).replace(/^.*_lastUpdated=/, '') || '')).toEqual([
+      '/fhir/Patient?_count=200&_sort=-_lastUpdated',
+      '/fhir/Observation?_count=200&_sort=-_lastUpdated',
+      'le2026-01-01T00:00:03.000Z', // page 1 ended at Observation 15, the last of instant 3
+      'le2026-01-01T00:00:01.000Z', // page 2 ended at Observation 6, of instant 1 (4..7)
+    ]);
   });
 
   it('fails naming the type and the counts when more resources share one instant than a page holds', async () => {
