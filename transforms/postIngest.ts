@@ -32,9 +32,9 @@ import { BundleAssembler } from './toTransactionBundle.js';
 export type IngestMode = 'ingest' | 'transaction';
 
 /** Default budgets: half the server's 16 MiB limit leaves room for its own overhead. */
-export const DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024;
-export const DEFAULT_CHUNK_ENTRIES = 5000;
-export const DEFAULT_CONCURRENCY = 4;
+export const DEFAULT_INGEST_BYTES = 8 * 1024 * 1024;
+export const DEFAULT_INGEST_ENTRIES = 5000;
+export const DEFAULT_INGEST_CONCURRENCY = 4;
 
 export interface PostIngestOptions {
   /** FHIR base URL, without a trailing `/`. */
@@ -118,7 +118,7 @@ class IngestSink extends Writable {
     private readonly ctx: StageContext,
   ) {
     super({ objectMode: true, highWaterMark: 1 });
-    this.concurrency = Math.max(1, options.concurrency ?? DEFAULT_CONCURRENCY);
+    this.concurrency = Math.max(1, options.concurrency ?? DEFAULT_INGEST_CONCURRENCY);
     this.limit = pLimit(this.concurrency);
     this.checkpoint = options.checkpoint ?? Checkpoint.open(undefined, '');
     this.stats = ctx.account.stage('ingest', () => ({
@@ -141,8 +141,8 @@ class IngestSink extends Writable {
         type: 'transaction',
         // The server upserts in order; sending every resource keeps its semantics (last wins).
         dedupe: false,
-        maxBytes: options.maxBytes ?? DEFAULT_CHUNK_BYTES,
-        maxEntries: options.maxEntries ?? DEFAULT_CHUNK_ENTRIES,
+        maxBytes: options.maxBytes ?? DEFAULT_INGEST_BYTES,
+        maxEntries: options.maxEntries ?? DEFAULT_INGEST_ENTRIES,
       },
       { account: this.chunkAccount, rejects: ctx.rejects },
       (piece, endsBundle) => this.piece(piece, endsBundle),
@@ -212,6 +212,7 @@ class IngestSink extends Writable {
 
   private dispatch(chunk: Chunk): void {
     this.stats.chunks++;
+    if (this.failure) return;
     const digest = chunkDigest(chunk.body);
     if (this.checkpoint.acknowledged(chunk.n, digest)) {
       this.stats.chunksResumed++;
@@ -228,8 +229,8 @@ class IngestSink extends Writable {
       },
       (err: Error) => {
         this.inFlight.delete(task);
+        // Posts still queued see the failure and return without sending.
         this.failure ??= err;
-        this.limit.clearQueue();
       },
     );
     this.inFlight.add(task);

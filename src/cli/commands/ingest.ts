@@ -4,9 +4,9 @@ import { UsageError } from '../../errors.js';
 import { Checkpoint } from '../../ingest/checkpoint.js';
 import { DEFAULT_BASE_URL, checkTarget, ingestClient, postHeaders, postUrl, type IngestTarget } from '../../ingest/target.js';
 import {
-  DEFAULT_CHUNK_BYTES,
-  DEFAULT_CHUNK_ENTRIES,
-  DEFAULT_CONCURRENCY,
+  DEFAULT_INGEST_BYTES,
+  DEFAULT_INGEST_ENTRIES,
+  DEFAULT_INGEST_CONCURRENCY,
   postIngest,
   type IngestMode,
   type IngestStats,
@@ -33,9 +33,9 @@ export function withPostOptions<T>(yargs: Argv<T>): Argv<T & PostArgs> {
       type: 'string',
       requiresArg: true,
     })
-    .option('concurrency', { describe: 'Bundles in flight at once', type: 'number', default: DEFAULT_CONCURRENCY })
-    .option('max-bytes', { describe: 'Largest Bundle posted (the server refuses 16 MiB)', type: 'string', default: '8MiB' })
-    .option('max-entries', { describe: 'Most entries per Bundle posted', type: 'number', default: DEFAULT_CHUNK_ENTRIES })
+    .option('concurrency', { describe: 'Bundles in flight at once', type: 'number', default: DEFAULT_INGEST_CONCURRENCY })
+    .option('max-bytes', { describe: 'Largest Bundle posted (the server refuses 16 MiB)', type: 'string', default: `${DEFAULT_INGEST_BYTES / (1024 * 1024)}MiB` })
+    .option('max-entries', { describe: 'Most entries per Bundle posted', type: 'number', default: DEFAULT_INGEST_ENTRIES })
     .option('checkpoint', {
       describe: 'Record acknowledged Bundles in FILE; rerunning the same command sends only the rest',
       type: 'string',
