@@ -67,8 +67,8 @@ describe('goldens', () => {
 describe('export profile (contracts/healthclaw.md)', () => {
   const patient = run('export', read('patient.json'));
 
-  it('removes name, address, telecom, photo, contact and keeps the rest', () => {
-    for (const key of ['name', 'address', 'telecom', 'photo', 'contact']) expect(patient).not.toHaveProperty(key);
+  it('removes name, address, telecom, photo, contact (and the narrative restating them), keeps the rest', () => {
+    for (const key of ['name', 'address', 'telecom', 'photo', 'contact', 'text']) expect(patient).not.toHaveProperty(key);
     expect(patient.birthDate).toBe('1983-07-14');
     expect(patient.gender).toBe('male');
     expect(patient.communication[0].language.text).toBe('English');

@@ -6,6 +6,8 @@
  * - `Person` and `RelatedPerson` lose the same elements as `Patient` (a
  *   HealthEx `$everything` returns a Person); only a Patient gets the
  *   `urn:healthclaw:patient` identifier, since it names the patient.
+ * - Their narrative (`text`) goes too: it restates the name and address
+ *   the contract removes (a generated Patient narrative is exactly that).
  * - A reference to a Patient, Person or RelatedPerson loses its `display`
  *   in every resource (HealthEx writes the patient's name there). A
  *   reference whose target type cannot be told (`urn:uuid:`, `#contained`,
@@ -23,6 +25,8 @@ import type { DeidReport } from './report.js';
 type Json = Record<string, unknown>;
 
 const REMOVED_ELEMENTS = ['name', 'address', 'telecom', 'photo', 'contact'];
+/** Removed beyond the contract (see above); counted apart so the account shows the difference. */
+const REMOVED_NARRATIVE = 'text';
 const EHR_IDENTIFIER_SYSTEMS: ReadonlySet<string> = new Set([
   'http://open.epic.com/FHIR/StructureDefinition/patient-dstu2-fhir-id',
   'http://open.epic.com/FHIR/StructureDefinition/patient-fhir-id',
@@ -57,6 +61,10 @@ export class ExportProfile {
         delete out[key];
         report.record(at + key, 'removed', key);
       }
+    }
+    if (REMOVED_NARRATIVE in out) {
+      delete out[REMOVED_NARRATIVE];
+      report.record(at + REMOVED_NARRATIVE, 'removed', 'Narrative');
     }
     let identifiers = Array.isArray(out.identifier) ? (out.identifier as unknown[]) : undefined;
     if (identifiers) {
