@@ -54,7 +54,12 @@ export async function runExport(req: KickoffRequest, session: BulkSession): Prom
       return finish(await readManifestFile(join(session.dir!, MANIFEST_FILE)), session, state);
     }
   } else {
-    statusUrl = await kickOff(session.client, session.auth, req, session.signal);
+    try {
+      statusUrl = await kickOff(session.client, session.auth, req, session.signal);
+    } catch (err) {
+      if (session.signal?.aborted) throw new HxError('interrupted before the export started', INTERRUPTED_EXIT);
+      throw err;
+    }
     await state?.update((s) => {
       s.request = requestKey;
       s.statusUrl = statusUrl;

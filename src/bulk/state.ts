@@ -6,8 +6,11 @@
  * moment leaves either the old or the new state, never half of one.
  */
 import { createReadStream } from 'node:fs';
-import { readFile, rename, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { LineCounter } from './lineCounter.js';
 
 export const STATE_FILE = '.hx-bulk-state.json';
 
@@ -35,6 +38,7 @@ export class StateFile {
   ) {}
 
   static async open(dir: string): Promise<StateFile> {
+    await mkdir(dir, { recursive: true });
     let state: ResumeState = { version: 1, files: {} };
     try {
       const value = JSON.parse(await readFile(join(dir, STATE_FILE), 'utf8')) as ResumeState;
@@ -71,16 +75,7 @@ export async function writeAtomic(path: string, text: string): Promise<void> {
 
 /** Non-blank lines of a file, streamed (the check a resume makes before trusting a file). */
 async function countLines(path: string): Promise<number> {
-  let lines = 0;
-  let content = false;
-  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>) {
-    for (let i = 0; i < chunk.length; i++) {
-      const b = chunk[i];
-      if (b === 0x0a) {
-        if (content) lines++;
-        content = false;
-      } else if (!content && b !== 0x20 && b !== 0x0d && b !== 0x09) content = true;
-    }
-  }
-  return content ? lines + 1 : lines;
+  const counter = new LineCounter(false);
+  await pipeline(createReadStream(path, { highWaterMark: 1 << 20 }), counter, new Writable({ write: (_c, _e, done) => done() }));
+  return counter.counts.lines;
 }
