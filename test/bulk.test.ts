@@ -101,8 +101,8 @@ describe('hx bulk export', () => {
       { name: 'del.ndjson', kind: 'deleted', type: 'Bundle', body: fixture('deleted-2.AllergyIntolerance.ndjson') },
     ];
     const s = await serve({ files, manifestExtra: { outputOrganizedBy: 'Patient' } });
-    const dir = tempDir();
-    const report = join(dir, 'report.json');
+    const dir = join(tempDir(), 'not', 'yet');
+    const report = join(tempDir(), 'report.json');
     const run = await hx([
       'bulk', 'export', '--group', 'FallonHealth', '--base-url', s.base, '--dir', dir, '--type', 'Patient', '--elements', 'id,meta',
       '--param', 'organizeOutputBy=Patient', '--report', report, ...FAST,
@@ -111,7 +111,7 @@ describe('hx bulk export', () => {
     expect(s.requests.find((r) => r.url.includes('$export'))!.url).toBe(
       '/fhir/Group/FallonHealth/$export?_type=Patient&_elements=id%2Cmeta&organizeOutputBy=Patient',
     );
-    expect(readdirSync(dir).sort()).toEqual(['.hx-bulk-state.json', 'Patient.000.ndjson', 'deleted.Bundle.000.ndjson', 'manifest.json', 'output.000.ndjson', 'report.json']);
+    expect(readdirSync(dir).sort()).toEqual(['.hx-bulk-state.json', 'Patient.000.ndjson', 'deleted.Bundle.000.ndjson', 'manifest.json', 'output.000.ndjson']);
     expect(readFileSync(join(dir, 'output.000.ndjson')).equals(fixture('organized-by-patient.ndjson'))).toBe(true);
     expect(JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8')).outputOrganizedBy).toBe('Patient');
     const account = JSON.parse(readFileSync(report, 'utf8'));
@@ -226,6 +226,11 @@ describe('resume, status, cancel', () => {
     expect(new Set(ids).size).toBe(2500);
     expect(readdirSync(dir).filter((n) => n.includes('partial'))).toEqual([]);
     expect(run.stderr).toContain('4 files (1 complete from before), 2500 resources');
+    // `download --dir` alone resumes from what the folder holds: nothing left to fetch.
+    const again = await hx(['bulk', 'download', '--dir', dir, ...FAST]);
+    expect(again.code).toBe(0);
+    expect(again.stderr).toContain('4 files (4 complete from before), 2500 resources');
+    expect(s.requests.filter((r) => r.url.startsWith('/fhir/files/'))).toHaveLength(6);
   });
 
   it('status, download from a status URL, cancel', async () => {
