@@ -37,14 +37,23 @@ const ERROR_SUMMARY_BYTES = 256 * 1024;
 export async function downloadFiles(manifest: Manifest, files: PlannedFile[], options: DownloadOptions): Promise<void> {
   const limit = pLimit(Math.max(1, options.concurrency));
   options.account.filesPlanned += files.length;
-  const results = files.map((file) => limit(() => downloadOne(manifest, file, options)));
-  // Let every started file settle before failing, so none is left half-written.
-  const settled = await Promise.allSettled(results);
-  const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-  if (failed) {
-    limit.clearQueue();
+  // After the first failure no new file starts; those under way finish (or fail), so none is left half-written.
+  let failure: { error: unknown } | undefined;
+  await Promise.all(
+    files.map((file) =>
+      limit(async () => {
+        if (failure) return;
+        try {
+          await downloadOne(manifest, file, options);
+        } catch (error) {
+          failure ??= { error };
+        }
+      }),
+    ),
+  );
+  if (failure) {
     await options.destination.abort();
-    throw failed.reason;
+    throw failure.error;
   }
   await options.destination.close();
 }

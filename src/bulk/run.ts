@@ -4,7 +4,7 @@
  * file, or the resume state of a `--dir`), status, cancel.
  */
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HxError } from '../errors.js';
 import type { HttpClient } from '../http/client.js';
@@ -60,11 +60,11 @@ export async function runExport(req: KickoffRequest, session: BulkSession): Prom
       if (session.signal?.aborted) throw new HxError('interrupted before the export started', INTERRUPTED_EXIT);
       throw err;
     }
+    await forgetFiles(state, session);
     await state?.update((s) => {
       s.request = requestKey;
       s.statusUrl = statusUrl;
       s.transactionTime = undefined;
-      s.files = {};
     });
     session.log(`export started; status URL ${session.client.redactor.url(statusUrl)}`);
   }
@@ -79,8 +79,8 @@ export async function runDownload(source: string | undefined, session: BulkSessi
   let manifest: Manifest;
   if (source && /^https?:\/\//i.test(source)) {
     account.statusUrl = source;
+    if (state && state.state.statusUrl !== source) await forgetFiles(state, session);
     await state?.update((s) => {
-      if (s.statusUrl !== source) s.files = {};
       s.statusUrl = source;
     });
     manifest = await waitForManifest(source, session);
@@ -130,8 +130,8 @@ async function finish(manifest: Manifest, session: BulkSession, state: StateFile
   let destination: Destination;
   if (session.dir && state) {
     await writeAtomic(join(session.dir, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n');
+    if (state.state.transactionTime !== manifest.transactionTime) await forgetFiles(state, session);
     await state.update((s) => {
-      if (s.transactionTime !== manifest.transactionTime) s.files = {};
       s.transactionTime = manifest.transactionTime;
     });
     destination = new DirDestination(session.dir, state);
@@ -159,6 +159,18 @@ async function finish(manifest: Manifest, session: BulkSession, state: StateFile
     throw new HxError(`the export reported ${account.errorOutcomes} errors in ${account.errorFiles} error files (summarised above); --allow-errors accepts them`);
   }
   return account;
+}
+
+/** A new export in a --dir that holds another one: its files go, so the folder never mixes two exports. */
+async function forgetFiles(state: StateFile | undefined, session: BulkSession): Promise<void> {
+  // Only names hx gives (a state file edited by hand must not reach outside the folder).
+  const names = Object.keys(state?.state.files ?? {}).filter((name) => /^[A-Za-z0-9_-][A-Za-z0-9_.-]*$/.test(name));
+  if (!state || names.length === 0) return;
+  session.log(`removing ${names.length} files of an earlier export from ${state.dir}`);
+  await Promise.all(names.map((name) => rm(join(state.dir, name), { force: true })));
+  await state.update((s) => {
+    s.files = {};
+  });
 }
 
 async function readManifestFile(path: string): Promise<Manifest> {
