@@ -13,6 +13,9 @@
  * `ndjsonSplit`, because a page is always one document: its Bundle members
  * may come in any order (Flask sorts keys, so `"entry"` can open the
  * document) and a page cut short must be fetched again, not rejected.
+ * The issue suggested stream-json; on a 26 MB page of 20,000 entries its
+ * parser + pick + streamArray took 3.1-4.1 s against 0.31-0.43 s for the
+ * scanner + one JSON.parse per entry (7-13x), so the scanner it is.
  *
  * Nothing is lost quietly:
  * - A page that fails midway (reset, stall, truncated body) is fetched again
@@ -31,6 +34,12 @@
  * Batches carry `source` = `<search> page <n>` and `lines` = the 1-based
  * position of each entry in its page, so a message reads
  * `Observation page 3:17: …`.
+ *
+ * Memory: per chain, one entry being parsed plus at most `bufferBatches`
+ * batches waiting for the output (a chain ahead of the output pauses its
+ * socket); the (type, id) set grows by ~16 bytes per resource; keyset
+ * paging keeps the ids seen at the current boundary instant (at most a
+ * page's worth, since more than that is the no-progress failure).
  */
 import { Readable } from 'node:stream';
 import pLimit from 'p-limit';
