@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, truncateSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { HX, hx, parseNdjson, tempDir } from './support/cli.js';
+import { HX, SHARED, hx, parseNdjson, tempDir } from './support/cli.js';
 import { startBulkServer, type BulkServer, type BulkServerOptions, type FileSpec } from './support/bulkServer.js';
 
 const FIXTURES = resolve(import.meta.dirname, 'fixtures/bulk');
@@ -50,7 +50,8 @@ describe('hx bulk export', () => {
     const files = basicFiles();
     const s = await serve({ files, polls: 3, gzip: true });
     const report = join(tempDir(), 'report.json');
-    const run = await hx(['bulk', 'export', '--base-url', s.base, '--concurrency', '3', '--report', report, ...FAST]);
+    const log = join(tempDir(), 'log.ndjson');
+    const run = await hx(['bulk', 'export', '--base-url', s.base, '--concurrency', '3', '--report', report, '--log', log, ...FAST]);
     expect(run.stderr).toContain('33% complete');
     expect(run.code).toBe(0);
     expect(run.stdout.equals(served(s, files))).toBe(true);
@@ -70,6 +71,21 @@ describe('hx bulk export', () => {
       countMismatches: [],
     });
     expect(run.stderr).toContain('transactionTime 2026-11-23T09:02:05+00:00');
+
+    // The event log follows the SMART reference client's (bulk-data-client v1.2.1, log version 2).
+    const events = parseNdjson(readFileSync(log));
+    const ids = events.map((e) => e.eventId as string);
+    expect(ids.filter((id) => !id.startsWith('download_'))).toEqual(['kickoff', 'status_progress', 'status_progress', 'status_progress', 'status_complete', 'manifest_complete', 'export_complete']);
+    expect(ids.filter((id) => id === 'download_complete')).toHaveLength(4);
+    const reference = parseNdjson(readFileSync(join(SHARED, 'data/bulk-data-client-run/log.ndjson')));
+    for (const id of ['kickoff', 'status_complete', 'manifest_complete', 'download_request', 'download_complete', 'export_complete']) {
+      const ours = events.find((e) => e.eventId === id)!;
+      const theirs = reference.find((e) => e.eventId === id)!;
+      expect(Object.keys(ours).sort()).toEqual(Object.keys(theirs).sort());
+      // Theirs adds server software details to kickoff; every key we write is one of theirs.
+      for (const key of Object.keys(ours.eventDetail as object)) expect(Object.keys(theirs.eventDetail as object)).toContain(key);
+    }
+    expect(events.at(-1)!.eventDetail).toMatchObject({ files: 4, resources: 810, bytes: served(s, files).length });
   });
 
   it('patient export with --post sends a Parameters resource', async () => {

@@ -14,6 +14,7 @@ import { RetryableError, isRetryable } from '../http/retry.js';
 import type { BulkAccount } from './account.js';
 import type { Auth } from './auth.js';
 import type { Destination } from './destination.js';
+import type { EventLog } from './eventLog.js';
 import { FileFetcher, Unauthorized } from './fileRequest.js';
 import { header } from './kickoff.js';
 import { LineCounter, type LineCounts } from './lineCounter.js';
@@ -29,6 +30,7 @@ export interface DownloadOptions {
   /** Messages for stderr. */
   log: (message: string) => void;
   signal?: AbortSignal;
+  events?: EventLog;
 }
 
 /** How much of each error file is kept to summarise it. */
@@ -68,14 +70,18 @@ async function downloadOne(manifest: Manifest, file: PlannedFile, options: Downl
   }
   const target = destination.target(file);
   const capture = file.kind === 'error' ? new Capture(ERROR_SUMMARY_BYTES) : undefined;
+  const fileUrl = options.events?.url(file.entry.url);
+  options.events?.event('download_request', { fileUrl, itemType: file.kind, resourceType: file.entry.type ?? null });
   let counts: LineCounts;
   try {
     counts = await fetchFile(manifest, file, target.open.bind(target), capture, options);
     await target.commit(counts);
   } catch (err) {
+    options.events?.event('download_error', { fileUrl, body: null, code: (err as { status?: number }).status ?? null, message: (err as Error).message });
     await target.abort();
     throw err;
   }
+  options.events?.event('download_complete', { fileUrl, fileSize: counts.bytes, resourceCount: counts.lines - counts.headerLines });
   const mismatch = account.addFile(file, counts, false);
   if (mismatch) log(`${file.name}: the manifest says ${mismatch.manifestCount} resources, the file has ${mismatch.found}`);
   if (capture) log(summariseErrors(file.name, capture.text()));

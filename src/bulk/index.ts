@@ -9,3 +9,4 @@ export { parseManifest, planFiles, type FileKind, type Manifest, type ManifestEn
 export { INTERRUPTED_EXIT, MANIFEST_FILE, runDownload, runExport, type BulkSession } from './run.js';
 export { STATE_FILE, StateFile, type CompletedFile, type ResumeState } from './state.js';
 export { DEFAULT_POLL, cancelExport, checkStatus, pollStatus, type PollPolicy, type StatusAnswer } from './status.js';
+export { EventLog } from './eventLog.js';

@@ -12,6 +12,7 @@ import { BulkAccount } from './account.js';
 import type { Auth } from './auth.js';
 import { DirDestination, StdoutDestination, type Destination } from './destination.js';
 import { downloadFiles } from './download.js';
+import type { EventLog } from './eventLog.js';
 import type { FileFetcher } from './fileRequest.js';
 import { exportUrl, kickOff, parameterPairs, type KickoffRequest } from './kickoff.js';
 import { parseManifest, planFiles, type Manifest } from './manifest.js';
@@ -34,6 +35,8 @@ export interface BulkSession {
   /** Aborted by Ctrl-C. */
   signal?: AbortSignal;
   account?: BulkAccount;
+  /** `--log`: events in the SMART reference client's format. */
+  events?: EventLog;
 }
 
 export const MANIFEST_FILE = 'manifest.json';
@@ -54,12 +57,16 @@ export async function runExport(req: KickoffRequest, session: BulkSession): Prom
       return finish(await readManifestFile(join(session.dir!, MANIFEST_FILE)), session, state);
     }
   } else {
+    const exportUrlText = session.events?.url(exportUrl(req.baseUrl, req.level));
+    const requestParameters = Object.fromEntries(parameterPairs(req.params));
     try {
       statusUrl = await kickOff(session.client, session.auth, req, session.signal);
     } catch (err) {
+      session.events?.event('kickoff', { exportUrl: exportUrlText, errorCode: (err as { status?: number }).status ?? null, errorBody: (err as Error).message, requestParameters });
       if (session.signal?.aborted) throw new HxError('interrupted before the export started', INTERRUPTED_EXIT);
       throw err;
     }
+    session.events?.event('kickoff', { exportUrl: exportUrlText, errorCode: null, errorBody: null, requestParameters });
     await forgetFiles(state, session);
     await state?.update((s) => {
       s.request = requestKey;
@@ -107,14 +114,17 @@ async function waitForManifest(statusUrl: string, session: BulkSession): Promise
       session.poll,
       (progress, waitMs) => {
         account.polls++;
+        session.events?.event('status_progress', { body: null, xProgress: progress ?? null, retryAfter: String(Math.round(waitMs / 1000)) });
         session.log(`export in progress${progress ? `: ${progress}` : ''} (next check in ${(waitMs / 1000).toFixed(1)} s)`);
       },
       session.signal,
     );
     account.polls = polls;
+    session.events?.event('status_complete', { transactionTime: manifest.transactionTime });
     if (expires) session.log(`the files are available until ${expires}`);
     return manifest;
   } catch (err) {
+    session.events?.event('status_error', { body: null, code: (err as { status?: number }).status ?? null, message: (err as Error).message });
     if (session.signal?.aborted) {
       await cancelExport(session.client, session.auth, statusUrl).catch(() => undefined);
       throw new HxError('interrupted: the export was cancelled on the server (DELETE sent to its status URL)', INTERRUPTED_EXIT);
@@ -127,6 +137,14 @@ async function finish(manifest: Manifest, session: BulkSession, state: StateFile
   const account = session.account!;
   account.transactionTime = manifest.transactionTime;
   const files = planFiles(manifest);
+  const count = (kind: string) => files.filter((f) => f.kind === kind).length;
+  session.events?.event('manifest_complete', {
+    transactionTime: manifest.transactionTime,
+    totalOutputFileCount: count('output'),
+    totalDeletedFileCount: count('deleted'),
+    totalErrorFileCount: count('error'),
+    totalManifests: 1,
+  });
   let destination: Destination;
   if (session.dir && state) {
     await writeAtomic(join(session.dir, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n');
@@ -155,6 +173,13 @@ async function finish(manifest: Manifest, session: BulkSession, state: StateFile
     account.requests = session.client.stats.requests;
     account.retries = session.client.stats.retries;
   }
+  session.events?.event('export_complete', {
+    files: account.filesDownloaded + account.filesResumed,
+    resources: account.resources,
+    bytes: account.bytes,
+    attachments: null,
+    duration: Math.round(account.elapsedSeconds * 1000),
+  });
   if (account.errorFiles > 0 && !session.allowErrors) {
     throw new HxError(`the export reported ${account.errorOutcomes} errors in ${account.errorFiles} error files (summarised above); --allow-errors accepts them`);
   }

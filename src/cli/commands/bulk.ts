@@ -5,6 +5,7 @@ import { HttpClient } from '../../http/client.js';
 import { Redactor } from '../../http/redact.js';
 import { BulkAccount } from '../../bulk/account.js';
 import { SmartAuth, bearerAuth, loadSigningKey, noAuth, type Auth } from '../../bulk/auth.js';
+import { EventLog } from '../../bulk/eventLog.js';
 import { FileFetcher } from '../../bulk/fileRequest.js';
 import type { ExportLevel, ExportParameters } from '../../bulk/kickoff.js';
 import { runDownload, runExport, type BulkSession } from '../../bulk/run.js';
@@ -30,6 +31,7 @@ interface DownloadArgs extends ConnectionArgs {
   'poll-interval': number;
   'time-limit': number;
   report?: string;
+  log?: string;
   verbose: boolean;
 }
 
@@ -70,6 +72,7 @@ function withDownload<T>(yargs: Argv<T>): Argv<T & DownloadArgs> {
     .option('poll-interval', { describe: 'Seconds between status checks when the server gives no Retry-After (doubles, up to 60)', type: 'number', default: 1 })
     .option('time-limit', { describe: 'Give up waiting for the export after this many seconds (0: never)', type: 'number', default: 0 })
     .option('report', { describe: 'Write the account of the run to FILE as JSON', type: 'string', requiresArg: true })
+    .option('log', { describe: 'Append events to FILE as NDJSON, in the format of the SMART bulk-data-client log', type: 'string', requiresArg: true })
     .option('verbose', { alias: 'v', describe: 'Print every retry and poll', type: 'boolean', default: false }) as unknown as Argv<T & DownloadArgs>;
 }
 
@@ -236,6 +239,7 @@ async function withSession(argv: DownloadArgs, origin: string | undefined, flow:
     log,
     signal: controller.signal,
     account,
+    events: argv.log ? new EventLog(argv.log, client.redactor) : undefined,
   };
   let failure: Error | undefined;
   try {
@@ -253,7 +257,7 @@ async function withSession(argv: DownloadArgs, origin: string | undefined, flow:
       const failed = failure ? { failed: failure instanceof HxError ? failure.message : 'internal error' } : {};
       writeFileSync(argv.report, JSON.stringify({ ...account.toJSON(), ...failed }, null, 2) + '\n');
     }
-    await Promise.all([client.close(), session.fetcher.close()]);
+    await Promise.all([client.close(), session.fetcher.close(), session.events?.close()]);
   }
 }
 
