@@ -79,6 +79,19 @@ describe('SMART Backend Services', () => {
     expect(parseNdjson(readFileSync(join(dir, 'Observation.000.ndjson')))).toHaveLength(400);
   });
 
+  it('obtains a new token before the old one expires during a long poll', async () => {
+    const rsa = await keyPair('RS384', 'rsa-1');
+    const s = await serve({ smart: { clientId: 'hx-test', jwks: { keys: [rsa.publicJwk] }, tokenLifetimeSeconds: 1 }, polls: 3, retryAfter: null });
+    const dir = tempDir();
+    writeFileSync(join(dir, 'key.jwk'), JSON.stringify(rsa.privateJwk));
+    // No Retry-After: waits of 0.3, 0.6 and 1.2 s, longer in all than a token lives.
+    const run = await hx(['bulk', 'export', '--base-url', s.base, '--client-id', 'hx-test', '--private-key', join(dir, 'key.jwk'), '--poll-interval', '0.3', '--retry-base-ms', '1']);
+    expect(run.code).toBe(0);
+    expect(s.tokensIssued).toBeGreaterThanOrEqual(2);
+    expect(s.requests.filter((r) => r.url.startsWith('/fhir/status/')).every((r) => r.authorization?.startsWith('Bearer tok-'))).toBe(true);
+    expect(parseNdjson(run.stdout)).toHaveLength(450);
+  });
+
   it('a rejected assertion is reported with the error_description, and no secret is printed', async () => {
     const trusted = await keyPair('RS384', 'k1');
     const other = await keyPair('RS384', 'k1');

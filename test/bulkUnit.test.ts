@@ -6,6 +6,7 @@ import { pipeline } from 'node:stream/promises';
 import { createLocalJWKSet, exportJWK, generateKeyPair, jwtVerify } from 'jose';
 import { describe, expect, it } from 'vitest';
 import { clientAssertion } from '../src/bulk/auth.js';
+import { StdoutDestination } from '../src/bulk/destination.js';
 import { summariseErrors } from '../src/bulk/download.js';
 import { exportUrl, parameterPairs, parametersResource } from '../src/bulk/kickoff.js';
 import { LineCounter } from '../src/bulk/lineCounter.js';
@@ -100,4 +101,39 @@ describe('client assertion', () => {
       expect(other.jti).not.toBe(payload.jti);
     });
   }
+});
+
+describe('StdoutDestination', () => {
+  const planned = (index: number) => ({ kind: 'output' as const, index, name: `P.${index}`, entry: { url: `http://x/${index}` } });
+  const collect = () => {
+    const parts: Buffer[] = [];
+    const out = new Writable({ write: (c, _e, done) => (parts.push(c), done()) });
+    return { out, text: () => Buffer.concat(parts).toString() };
+  };
+  const write = async (stream: Writable, ...chunks: string[]) => {
+    await pipeline(Readable.from(chunks.map((c) => Buffer.from(c))), stream);
+  };
+
+  it('keeps manifest order when later files finish first, and a retried head file is not repeated', async () => {
+    const { out, text } = collect();
+    const dest = new StdoutDestination([planned(0), planned(1)], out);
+    const head = dest.target(planned(0));
+    const second = dest.target(planned(1));
+    await write(head.open(), 'a1\na2'); // broke off after these bytes
+    await write(second.open(), 'b1\n');
+    await second.commit({} as never); // done first: waits in the spool
+    expect(text()).toBe('a1\na2');
+    await write(head.open(), 'a1\n', 'a2\na3\n'); // the retry from the start
+    await head.commit({} as never);
+    await dest.close();
+    expect(text()).toBe('a1\na2\na3\nb1\n');
+  });
+
+  it('fails when a retried head file differs from what stdout already has', async () => {
+    const { out } = collect();
+    const dest = new StdoutDestination([planned(0)], out);
+    const head = dest.target(planned(0));
+    await write(head.open(), 'a1\na2');
+    await expect(write(head.open(), 'a1\nXX\na3\n')).rejects.toThrow('P.0 changed between download attempts');
+  });
 });

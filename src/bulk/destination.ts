@@ -16,6 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { HxError } from '../errors.js';
 import type { LineCounts } from './lineCounter.js';
 import type { PlannedFile } from './manifest.js';
 import { StateFile, type CompletedFile } from './state.js';
@@ -92,25 +93,15 @@ export class StdoutDestination implements Destination {
     const pos = this.position.get(file.index);
     if (pos === undefined) return discardTarget();
     let mode: 'direct' | 'spool' | undefined;
-    let emitted = 0;
     let spoolPath: string | undefined;
+    let direct: DirectCopy | undefined;
     return {
       open: () => {
         // The mode is chosen once: bytes that reached stdout cannot be taken back.
         mode ??= pos === this.next ? 'direct' : 'spool';
         if (mode === 'direct') {
-          // A retry refetches from the start; skip what stdout already has.
-          let skip = emitted;
-          return forwarder(this.out, (chunk) => {
-            if (skip >= chunk.length) {
-              skip -= chunk.length;
-              return undefined;
-            }
-            const rest = skip ? chunk.subarray(skip) : chunk;
-            skip = 0;
-            emitted += rest.length;
-            return rest;
-          });
+          direct ??= new DirectCopy(file.name);
+          return forwarder(this.out, direct.attempt());
         }
         return lazySpool(this.spoolFolder(), `${pos}.ndjson`, (path) => (spoolPath = path));
       },
@@ -152,11 +143,61 @@ export class StdoutDestination implements Destination {
   }
 }
 
+/**
+ * The bytes of a file that streams straight to stdout, across attempts. A
+ * retry fetches the file from its start; the bytes stdout already has are
+ * skipped, and the last of them are compared with what the retry brings, so
+ * a file that changed between attempts fails the run instead of splicing
+ * two versions together.
+ */
+class DirectCopy {
+  private emitted = 0;
+  private tail = Buffer.alloc(0);
+  private static readonly TAIL_BYTES = 256;
+
+  constructor(private readonly name: string) {}
+
+  /** The chunk mapper of one attempt: undefined for chunks stdout already has. */
+  attempt(): (chunk: Buffer) => Buffer | undefined {
+    const skipTo = this.emitted;
+    const tailStart = skipTo - this.tail.length;
+    const expected = this.tail;
+    let position = 0;
+    return (chunk) => {
+      const start = position;
+      position += chunk.length;
+      if (start < skipTo) {
+        // Compare the overlap of this chunk with the remembered tail.
+        const from = Math.max(start, tailStart);
+        const to = Math.min(position, skipTo);
+        if (from < to && !chunk.subarray(from - start, to - start).equals(expected.subarray(from - tailStart, to - tailStart))) {
+          throw new HxError(`${this.name} changed between download attempts, and part of it is already on stdout; use --dir, whose files restart cleanly`);
+        }
+        if (position <= skipTo) return undefined;
+        chunk = chunk.subarray(skipTo - start);
+      }
+      this.emitted += chunk.length;
+      this.remember(chunk);
+      return chunk;
+    };
+  }
+
+  private remember(chunk: Buffer): void {
+    const keep = DirectCopy.TAIL_BYTES;
+    this.tail = chunk.length >= keep ? Buffer.from(chunk.subarray(chunk.length - keep)) : Buffer.concat([this.tail, chunk]).subarray(-keep);
+  }
+}
+
 /** A Writable into `out` that never ends it, with backpressure. */
 function forwarder(out: NodeJS.WritableStream, map: (chunk: Buffer) => Buffer | undefined): Writable {
   return new Writable({
     write(chunk: Buffer, _encoding, done) {
-      const piece = map(chunk);
+      let piece: Buffer | undefined;
+      try {
+        piece = map(chunk);
+      } catch (err) {
+        return done(err as Error);
+      }
       if (!piece || piece.length === 0) return done();
       if (out.write(piece)) done();
       else out.once('drain', () => done());
