@@ -247,6 +247,12 @@ describe('resume, status, cancel', () => {
     expect(again.code).toBe(0);
     expect(again.stderr).toContain('4 files (4 complete from before), 2500 resources');
     expect(s.requests.filter((r) => r.url.startsWith('/fhir/files/'))).toHaveLength(6);
+    // Once complete, the same export command starts a new export.
+    const next = await hx(args);
+    expect(next.code).toBe(0);
+    expect(s.requests.filter((r) => r.url.includes('$export'))).toHaveLength(2);
+    expect(next.stderr).toContain('removing 4 files of an earlier export');
+    expect(next.stderr).toContain('4 files, 2500 resources');
   });
 
   it('status, download from a status URL, cancel', async () => {

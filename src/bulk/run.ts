@@ -49,7 +49,8 @@ export async function runExport(req: KickoffRequest, session: BulkSession): Prom
   const state = session.dir ? await StateFile.open(session.dir) : undefined;
   const requestKey = JSON.stringify({ url: exportUrl(req.baseUrl, req.level), params: parameterPairs(req.params), post: Boolean(req.post) });
   let statusUrl: string;
-  if (state?.state.request === requestKey && state.state.statusUrl) {
+  // Same request, same folder, not finished: the user is resuming. A finished one is repeated.
+  if (state?.state.request === requestKey && state.state.statusUrl && !state.state.complete) {
     statusUrl = state.state.statusUrl;
     session.log(`resuming the export started earlier in ${session.dir} (remove ${join(session.dir!, STATE_FILE)} to start a new one)`);
     if (state.state.transactionTime && existsSync(join(session.dir!, MANIFEST_FILE))) {
@@ -72,6 +73,7 @@ export async function runExport(req: KickoffRequest, session: BulkSession): Prom
       s.request = requestKey;
       s.statusUrl = statusUrl;
       s.transactionTime = undefined;
+      s.complete = false;
     });
     session.log(`export started; status URL ${session.client.redactor.url(statusUrl)}`);
   }
@@ -173,6 +175,9 @@ async function finish(manifest: Manifest, session: BulkSession, state: StateFile
     account.requests = session.client.stats.requests;
     account.retries = session.client.stats.retries;
   }
+  await state?.update((s) => {
+    s.complete = true;
+  });
   session.events?.event('export_complete', {
     files: account.filesDownloaded + account.filesResumed,
     resources: account.resources,

@@ -26,6 +26,8 @@ export interface ResumeState {
   request?: string;
   statusUrl?: string;
   transactionTime?: string;
+  /** Every file of the manifest is on disk: a new `export` with the same request starts afresh. */
+  complete?: boolean;
   files: Record<string, CompletedFile>;
 }
 
