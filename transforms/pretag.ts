@@ -16,7 +16,9 @@
  *   and come out, tagged where their patient turned out contradictory, after
  *   everything else, in input order.
  *
- * Either way memory holds the patient bits, never the records.
+ * Either way memory holds the patient bits, never the records. The core
+ * `addTags` returns a copy; the stage adds its tags in place, as it owns the
+ * resources of the batches it is handed.
  */
 import { Duplex } from 'node:stream';
 import { RecordRejected } from '../src/errors.js';
@@ -145,8 +147,8 @@ export function addTags(resource: Resource, codes: readonly PretagCode[]): Resou
   return toAdd.length === 0 ? resource : withTags(resource, toAdd);
 }
 
-function tagsToAdd(resource: Resource, codes: readonly PretagCode[]): PretagCode[] {
-  if (codes.length === 0) return [];
+function tagsToAdd(resource: Resource, codes: readonly PretagCode[]): readonly PretagCode[] {
+  if (codes.length === 0) return NO_CODES;
   const present = pretagCodesOf(resource);
   const missing = PRETAG_CODES.filter((code) => codes.includes(code) && !present.includes(code));
   if (missing.length > 0 && resource.extension !== undefined && !Array.isArray(resource.extension)) {
@@ -193,14 +195,16 @@ export const ALL_RULES: PretagRules = new Set(PRETAG_CODES);
  * asked of smoking-status Observations; the stage knows it, a single record
  * cannot).
  */
-export function pretagCodes(resource: Resource, rules: PretagRules, contradictory: boolean): PretagCode[] {
-  if (resource.resourceType !== 'Observation') return [];
-  const codes: PretagCode[] = [];
-  if (contradictory && rules.has('smoking_contradiction') && isSmokingObservation(resource)) codes.push('smoking_contradiction');
-  if (rules.has('h_flag_titer') && hFlagTiter(resource)) codes.push('h_flag_titer');
-  if (rules.has('missing_result') && missingResult(resource)) codes.push('missing_result');
-  return codes;
+export function pretagCodes(resource: Resource, rules: PretagRules, contradictory: boolean): readonly PretagCode[] {
+  if (resource.resourceType !== 'Observation') return NO_CODES;
+  let codes: PretagCode[] | undefined; // allocated for the few records that get a tag
+  if (contradictory && rules.has('smoking_contradiction') && isSmokingObservation(resource)) (codes ??= []).push('smoking_contradiction');
+  if (rules.has('h_flag_titer') && hFlagTiter(resource)) (codes ??= []).push('h_flag_titer');
+  if (rules.has('missing_result') && missingResult(resource)) (codes ??= []).push('missing_result');
+  return codes ?? NO_CODES;
 }
+
+const NO_CODES: readonly PretagCode[] = Object.freeze([]);
 
 /** The per-record core of the rules that need nothing but the record (`h_flag_titer`, `missing_result`). */
 export function pretagRecord(rules: PretagRules = ALL_RULES): RecordCore {
@@ -229,6 +233,7 @@ export interface PretagStats extends Record<string, unknown> {
   /** Resources that went through the stage. */
   examined: number;
   observations: number;
+  /** Smoking-status Observations (LOINC 72166-2) tagged or not, when the smoking rule applies. */
   smokingObservations: number;
   /** Tags added, per code (tags already present are not counted: they are not added again). */
   tagsAdded: Record<PretagCode, number>;
@@ -271,15 +276,13 @@ export function pretagStage(options: PretagOptions, ctx: StageContext): Duplex {
     return Duplex.from(async function* (batches: AsyncIterable<Batch>) {
       const states = new PatientStates();
       const expected = await settlePatients(rescan(), states, stats);
-      let seen = 0;
-      const contradictory = (resource: Resource) => {
-        if (!isSmokingObservation(resource)) return false;
-        seen++;
-        return states.get(subjectReference(resource)) === CONTRADICTORY;
-      };
+      const contradictory = (resource: Resource) => states.get(subjectReference(resource)) === CONTRADICTORY;
       for await (const batch of batches) yield tagger.batch(batch, contradictory);
-      if (seen !== expected) {
-        ctx.account.warn(`pretag: the first read found ${expected} smoking-status Observations, the second ${seen}: did the input change during the run? Their smoking_contradiction tags may be wrong`);
+      if (stats.smokingObservations !== expected) {
+        ctx.account.warn(
+          `pretag: the first read found ${expected} smoking-status Observations, the second ${stats.smokingObservations}: ` +
+            'did the input change during the run? Their smoking_contradiction tags may be wrong',
+        );
       }
     });
   }
@@ -304,8 +307,7 @@ export function pretagStage(options: PretagOptions, ctx: StageContext): Duplex {
             out = undefined;
           }
           out ??= { source, lines: [], resources: [] };
-          const contradictory = states.get(subjectReference(resource)) === CONTRADICTORY;
-          const tagged = tagger.one(resource, { source, line }, contradictory);
+            const tagged = tagger.one(resource, { source, line }, states);
           if (tagged) {
             out.resources.push(tagged);
             out.lines.push(line);
@@ -367,12 +369,17 @@ function noteStates(states: PatientStates, stats: PretagStats): void {
 
 /** Applies the rules to records, counting, and routing a record that cannot be tagged to the reject policy. */
 class Tagger {
+  private readonly smokingRule: boolean;
+
   constructor(
     private readonly rules: PretagRules,
     private readonly ctx: StageContext,
     private readonly stats: PretagStats,
-  ) {}
+  ) {
+    this.smokingRule = rules.has('smoking_contradiction');
+  }
 
+  /** `contradictory` is asked of smoking-status Observations only. */
   batch(batch: Batch, contradictory: (resource: Resource) => boolean): Batch {
     const { source, lines, resources } = batch;
     this.stats.examined += resources.length;
@@ -385,7 +392,7 @@ class Tagger {
         outLines.push(lines[i]!);
         continue;
       }
-      const tagged = this.observation(resource, { source, line: lines[i]! }, contradictory(resource));
+      const tagged = this.observation(resource, { source, line: lines[i]! }, contradictory);
       if (tagged) {
         out.push(tagged);
         outLines.push(lines[i]!);
@@ -394,18 +401,20 @@ class Tagger {
     return { source, lines: outLines, resources: out };
   }
 
-  /** One record that has not been counted as examined yet. */
-  one(resource: Resource, loc: Location, contradictory: boolean): Resource | undefined {
+  /** One spooled record, judged on the settled patient states. */
+  one(resource: Resource, loc: Location, states: PatientStates): Resource | undefined {
     this.stats.examined++;
-    return resource.resourceType === 'Observation' ? this.observation(resource, loc, contradictory) : resource;
+    if (resource.resourceType !== 'Observation') return resource;
+    return this.observation(resource, loc, (r) => states.get(subjectReference(r)) === CONTRADICTORY);
   }
 
-  private observation(resource: Resource, loc: Location, contradictory: boolean): Resource | undefined {
+  private observation(resource: Resource, loc: Location, contradictory: (resource: Resource) => boolean): Resource | undefined {
     const stats = this.stats;
     stats.observations++;
-    if (isSmokingObservation(resource)) stats.smokingObservations++;
+    const smoking = this.smokingRule && isSmokingObservation(resource);
+    if (smoking) stats.smokingObservations++;
     try {
-      const codes = tagsToAdd(resource, pretagCodes(resource, this.rules, contradictory));
+      const codes = tagsToAdd(resource, pretagCodes(resource, this.rules, smoking && contradictory(resource)));
       if (codes.length === 0) return resource;
       for (const code of codes) stats.tagsAdded[code]++;
       stats.resourcesTagged++;
