@@ -1,6 +1,6 @@
-import { createWriteStream, readFileSync, writeFileSync } from 'node:fs';
+import { createWriteStream, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { once } from 'node:events';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { pretagCodesOf } from '../transforms/pretag.js';
@@ -69,6 +69,17 @@ describe('hx pretag', () => {
     const out = parseNdjson(r.stdout);
     expect(ids(out)).toEqual([...ids(examples.filter((x) => !isSmoking(x))), ...ids(examples.filter(isSmoking))]);
     expect(tagsOf(out)).toEqual(expected);
+  });
+
+  it('leaves nothing in the spool folder, and says when it cannot make one', async () => {
+    const dir = tempDir();
+    const r = await hx(['pretag', '--temp-dir', dir, '--report', join(dir, '..', `${basename(dir)}.json`)], { stdin: readFileSync(EXAMPLES) });
+    expect(r.code).toBe(0);
+    expect(JSON.parse(readFileSync(join(dir, '..', `${basename(dir)}.json`), 'utf8')).stages.pretag.spoolBytes).toBeGreaterThan(0);
+    expect(readdirSync(dir)).toEqual([]);
+    const missing = await hx(['pretag', '--temp-dir', join(dir, 'nope')], { stdin: readFileSync(EXAMPLES) });
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toBe(`hx: cannot create a temporary file in ${join(dir, 'nope')} (ENOENT)\n`);
   });
 
   it('finds contradictions split across two files, and across a pipe', async () => {

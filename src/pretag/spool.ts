@@ -2,6 +2,7 @@ import { mkdtemp, open, rm, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
+import { HxError } from '../errors.js';
 
 /**
  * Lines set aside on disk and read back in the order written: a temporary
@@ -21,8 +22,14 @@ export class Spool {
 
   /** A new empty spool in a fresh folder under `dir` (default: the system's temporary folder). */
   static async open(dir = tmpdir()): Promise<Spool> {
-    const folder = await mkdtemp(join(dir, 'hx-spool-'));
-    const file = await open(join(folder, 'spool.ndjson'), 'w+');
+    let folder: string;
+    let file: FileHandle;
+    try {
+      folder = await mkdtemp(join(dir, 'hx-spool-'));
+      file = await open(join(folder, 'spool.ndjson'), 'w+');
+    } catch (err) {
+      throw new HxError(`cannot create a temporary file in ${dir} (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+    }
     let leftover: string | undefined;
     try {
       await rm(folder, { recursive: true });

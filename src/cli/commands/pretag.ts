@@ -28,7 +28,7 @@ export const pretagCommand: CommandModule<object, PretagArgs> = {
   builder: (yargs) => {
     let y = withOutputOptions(withInputOptions(yargs))
       .option('rules', {
-        describe: `Apply only these rules (comma-separated: ${PRETAG_CODES.join(', ')})`,
+        describe: `Apply only these rules (comma-separated: ${PRETAG_CODES.join(', ')}); --no-<rule> skips one`,
         type: 'string',
         requiresArg: true,
       })
