@@ -7,7 +7,13 @@ import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, truncateSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { Writable } from 'node:stream';
 import { HX, SHARED, hx, parseNdjson, tempDir } from './support/cli.js';
+import { HttpClient } from '../src/http/client.js';
+import { noAuth } from '../src/bulk/auth.js';
+import { FileFetcher } from '../src/bulk/fileRequest.js';
+import { runExport, type BulkSession } from '../src/bulk/run.js';
+import { DEFAULT_POLL } from '../src/bulk/status.js';
 import { startBulkServer, type BulkServer, type BulkServerOptions, type FileSpec } from './support/bulkServer.js';
 
 const FIXTURES = resolve(import.meta.dirname, 'fixtures/bulk');
@@ -137,6 +143,35 @@ describe('hx bulk export', () => {
     expect(account.countMismatches).toEqual([{ file: 'Patient.000.ndjson', manifestCount: 99, found: 3 }]);
     expect(run.stderr).toContain('the manifest says 99 resources, the file has 3');
   });
+});
+
+/** The same flows in-process (no CLI start-up): the library entry `runExport` with a collecting stdout. */
+describe('runExport in-process', () => {
+  async function runLib(s: BulkServer, options: { dir?: string; concurrency?: number; allowErrors?: boolean; retries?: number } = {}) {
+    const client = new HttpClient({ trustedOrigin: s.base, retry: { baseMs: 1, retries: options.retries ?? 6 } });
+    const parts: Buffer[] = [];
+    const logs: string[] = [];
+    const session: BulkSession = {
+      client,
+      fetcher: new FileFetcher(client),
+      auth: noAuth,
+      poll: { ...DEFAULT_POLL, baseMs: 1 },
+      concurrency: options.concurrency ?? 4,
+      dir: options.dir,
+      allowErrors: options.allowErrors,
+      log: (m) => logs.push(m),
+      stdout: new Writable({ write: (c, _e, done) => (parts.push(c), done()) }),
+    };
+    let error: Error | undefined;
+    try {
+      await runExport({ baseUrl: s.base, level: { kind: 'system' }, params: {} }, session);
+    } catch (err) {
+      error = err as Error;
+    } finally {
+      await Promise.all([client.close(), session.fetcher.close()]);
+    }
+    return { stdout: Buffer.concat(parts), logs: logs.join('\n'), error, account: session.account! };
+  }
 
   it('survives the faults of real servers: epoch Retry-After, transient 500, resets mid-file, 503 on a file', async () => {
     const files = basicFiles();
@@ -151,50 +186,45 @@ describe('hx bulk export', () => {
         { match: /2\.Patient/, times: 1, fault: { kind: 'status', status: 503, retryAfter: '0' } },
       ],
     });
-    const report = join(tempDir(), 'report.json');
-    const run = await hx(['bulk', 'export', '--base-url', s.base, '--report', report, ...FAST]);
-    expect(run.code).toBe(0);
+    const run = await runLib(s);
+    expect(run.error).toBeUndefined();
     expect(run.stdout.equals(served(s, files))).toBe(true);
-    const account = JSON.parse(readFileSync(report, 'utf8'));
-    expect(account.retries).toBe(6);
-    expect(account.resources).toBe(810);
+    expect(run.account.retries).toBe(6);
+    expect(run.account.resources).toBe(810);
   });
 
   it('a file streaming straight to stdout that breaks off is fetched again without repeating what stdout has', async () => {
     const files = basicFiles();
     const s = await serve({ files, faults: [{ match: /obs-0/, times: 2, fault: { kind: 'reset', afterBytes: 30_000 } }] });
-    const run = await hx(['bulk', 'export', '--base-url', s.base, '--concurrency', '1', ...FAST]);
-    expect(run.code).toBe(0);
+    const run = await runLib(s, { concurrency: 1 });
+    expect(run.error).toBeUndefined();
     expect(run.stdout.equals(served(s, files))).toBe(true);
     expect(s.requests.filter((r) => r.url === '/fhir/files/obs-0.ndjson')).toHaveLength(3);
   });
 
   it('reports a failed kick-off and an expired file with the server diagnostics', async () => {
     let s = await serve({ files: basicFiles(), faults: [{ match: /\$export/, times: 9, fault: { kind: 'status', status: 500, body: fixture('kickoff-failed-500.json').toString() } }] });
-    let run = await hx(['bulk', 'export', '--base-url', s.base, '--retries', '1', ...FAST]);
-    expect(run.code).toBe(1);
-    expect(run.stderr).toContain('export kick-off: HTTP 500; the server says: File generation failed');
+    let run = await runLib(s, { retries: 1 });
+    expect(run.error?.message).toBe('export kick-off: HTTP 500; the server says: File generation failed (gave up after 2 attempts)');
     await s.close();
     s = await serve({ files: basicFiles(), faults: [{ match: /obs-1/, fault: { kind: 'status', status: 410, body: fixture('expired-410.json').toString() } }] });
-    run = await hx(['bulk', 'export', '--base-url', s.base, ...FAST]);
-    expect(run.code).toBe(1);
-    expect(run.stderr).toMatch(/Observation\.001\.ndjson \(output file\): HTTP 410; the server says: Access to the target resource is no longer available.* — the file has expired; start a new export/);
+    run = await runLib(s);
+    expect(run.error?.message).toMatch(/^Observation\.001\.ndjson \(output file\): HTTP 410; the server says: Access to the target resource is no longer available.* — the file has expired; start a new export$/);
   });
 
-  it('error files: summarised, newline added, non-zero exit unless --allow-errors', async () => {
+  it('error files: summarised, newline added, an error unless allowed', async () => {
     const files: FileSpec[] = [
       { name: 'p.ndjson', type: 'Patient', body: fixture('small-pages-Patient.ndjson') },
       { name: 'e.ndjson', kind: 'error', type: 'OperationOutcome', body: fixture('error-2.AllergyIntolerance.ndjson') },
     ];
     const s = await serve({ files });
-    let run = await hx(['bulk', 'export', '--base-url', s.base, ...FAST]);
-    expect(run.code).toBe(1);
-    expect(run.stderr).toContain('error file error.OperationOutcome.000.ndjson: 1 OperationOutcome: Failed to export 2.AllergyIntolerance.ndjson');
-    expect(run.stderr).toContain('--allow-errors');
-    expect(parseNdjson(run.stdout)).toHaveLength(3); // the data is still delivered
+    let run = await runLib(s);
+    expect(run.error?.message).toContain('the export reported 1 errors in 1 error files (summarised above); --allow-errors accepts them');
+    expect(run.logs).toContain('error file error.OperationOutcome.000.ndjson: 1 OperationOutcome: Failed to export 2.AllergyIntolerance.ndjson');
+    expect(run.stdout.equals(fixture('small-pages-Patient.ndjson'))).toBe(true); // the data is still delivered, without the errors
     const dir = tempDir();
-    run = await hx(['bulk', 'export', '--base-url', s.base, '--dir', dir, '--allow-errors', ...FAST]);
-    expect(run.code).toBe(0);
+    run = await runLib(s, { dir, allowErrors: true });
+    expect(run.error).toBeUndefined();
     const saved = readFileSync(join(dir, 'error.OperationOutcome.000.ndjson'));
     expect(saved.equals(Buffer.concat([fixture('error-2.AllergyIntolerance.ndjson'), Buffer.from('\n')]))).toBe(true);
   });
@@ -202,9 +232,9 @@ describe('hx bulk export', () => {
   it('stdout: a file without a final newline is separated from the next', async () => {
     const noNewline = Buffer.from('{"resourceType":"Patient","id":"a"}\n{"resourceType":"Patient","id":"b"}');
     const s = await serve({ files: [{ name: 'a', type: 'Patient', body: noNewline }, ...basicFiles().slice(1, 2)] });
-    const run = await hx(['bulk', 'export', '--base-url', s.base, ...FAST]);
-    expect(run.stderr).toContain('2 files, 9 resources');
-    expect(run.code).toBe(0);
+    const run = await runLib(s);
+    expect(run.error).toBeUndefined();
+    expect(run.account.newlinesAdded).toBe(1);
     expect(parseNdjson(run.stdout).map((r) => r.id)).toEqual(['a', 'b', ...parseNdjson(fixture('small-pages-Condition.ndjson')).map((r) => r.id)]);
   });
 });

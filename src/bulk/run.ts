@@ -37,6 +37,8 @@ export interface BulkSession {
   account?: BulkAccount;
   /** `--log`: events in the SMART reference client's format. */
   events?: EventLog;
+  /** Where the NDJSON goes without `dir` (process.stdout by default). */
+  stdout?: NodeJS.WritableStream;
 }
 
 export const MANIFEST_FILE = 'manifest.json';
@@ -159,7 +161,7 @@ async function finish(manifest: Manifest, session: BulkSession, state: StateFile
     const emitted = files.filter((f) => f.kind === 'output' || (f.kind === 'deleted' && session.includeDeleted));
     const deleted = files.filter((f) => f.kind === 'deleted').length;
     if (deleted && !session.includeDeleted) session.log(`${deleted} deleted[] files are counted but not written to stdout (use --include-deleted or --dir)`);
-    destination = new StdoutDestination(emitted);
+    destination = new StdoutDestination(emitted, session.stdout);
   }
   try {
     await downloadFiles(manifest, files, { ...session, account, destination });
