@@ -41,7 +41,7 @@ export function emptySums(): ServerSums {
   return { chunks: 0, resourceCount: 0, skippedCount: 0, skippedTypes: {}, sent: 0 };
 }
 
-export function chunkDigest(body: string): string {
+export function chunkDigest(body: string | Buffer): string {
   return createHash('sha256').update(body).digest('hex').slice(0, 32);
 }
 
