@@ -98,20 +98,21 @@ export class ExportProfile {
       return out ?? value;
     }
     const obj = value as Json;
+    const paths = this.config.report.tracksPaths;
     let out: Json | undefined;
     const type = obj.resourceType;
     if (typeof type === 'string') this.path.push(this.path.length === 0 ? type : `ofType(${type})`);
     if (typeof obj.display === 'string' && isPersonReference(obj)) {
       out = withoutKey(obj, 'display');
-      const { report } = this.config;
-      report.record(report.tracksPaths ? this.path.join('.') + '.display' : '', 'display-removed', 'Reference.display');
+      this.config.report.record(paths ? this.path.join('.') + '.display' : '', 'display-removed', 'Reference.display');
     }
     for (const key in obj) {
       const item = obj[key];
       if (item === null || typeof item !== 'object') continue;
-      this.path.push(key);
+      // The path is kept for --explain only: it costs a push and a pop per member.
+      if (paths) this.path.push(key);
       const result = this.walk(item);
-      this.path.pop();
+      if (paths) this.path.pop();
       if (result === item) continue;
       out ??= { ...obj };
       out[key] = result;

@@ -64,16 +64,12 @@ function hex(bytes: Uint8Array): string {
  * 122 bits of the HMAC, version nibble 8, variant bits 10.
  */
 export function uuidFromDigest(digest: Uint8Array): string {
-  let s = '';
-  for (let i = 0; i < 16; i++) {
-    let byte = digest[i]!;
-    if (i === 6) byte = (byte & 0x0f) | 0x80;
-    else if (i === 8) byte = (byte & 0x3f) | 0x80;
-    s += HEX[byte];
-    if (i === 3 || i === 5 || i === 7 || i === 9) s += '-';
-  }
-  return s;
+  const h = Buffer.from(digest.buffer, digest.byteOffset, 16).toString('hex');
+  const variant = HEX_DIGITS[8 | ((digest[8]! >> 4) & 3)]!;
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-8${h.slice(13, 16)}-${variant}${h.slice(17, 20)}-${h.slice(20, 32)}`;
 }
+
+const HEX_DIGITS = '0123456789abcdef';
 
 /** A FHIR id: what a pseudonym must be, and what a reference's id part is. */
 const FHIR_ID = /^[A-Za-z0-9\-.]{1,64}$/;
@@ -81,7 +77,11 @@ const FHIR_ID = /^[A-Za-z0-9\-.]{1,64}$/;
 export interface PseudonymizerOptions {
   key: Buffer;
   idMode?: IdMode;
-  /** Entries per cache generation (see TwoGenerationCache). */
+  /**
+   * Entries per cache generation (see TwoGenerationCache); default 4096, so
+   * at most 8192 ids and 8192 references (about 3 MB) are remembered: enough for the
+   * references of the patients in flight, which is where repeats are.
+   */
   cacheSize?: number;
 }
 
@@ -93,6 +93,7 @@ export class Pseudonymizer {
   private readonly uuidHmac: HmacSha256;
   private readonly dateHmac: HmacSha256;
   private readonly patientHmac: HmacSha256;
+  private readonly ids: TwoGenerationCache<string>;
   private readonly references: TwoGenerationCache<string>;
   private readonly offsets: TwoGenerationCache<number>;
 
@@ -107,7 +108,8 @@ export class Pseudonymizer {
     this.idHmac = this.idMode === 'ms-compat' ? new HmacSha256(key) : this.uuidHmac;
     this.dateHmac = derive('date-shift');
     this.patientHmac = derive('healthclaw-patient');
-    const size = options.cacheSize ?? 16384;
+    const size = options.cacheSize ?? 4096;
+    this.ids = new TwoGenerationCache(size);
     this.references = new TwoGenerationCache(size);
     this.offsets = new TwoGenerationCache(Math.min(size, 4096));
   }
@@ -123,9 +125,13 @@ export class Pseudonymizer {
    * id. ms-compat: 64 lowercase hex characters of HMAC-SHA256(key, id).
    */
   id(original: string): string {
-    // Not cached: a resource's own id is met once; references, which repeat, are cached whole.
-    if (this.idMode === 'hx') return this.uuid(original);
-    return hex(this.idHmac.digest(original));
+    // Cached: a resource's id is met again in the references to it that follow (its Observations after an Encounter).
+    let p = this.ids.get(original);
+    if (p === undefined) {
+      p = this.idMode === 'hx' ? this.uuid(original) : hex(this.idHmac.digest(original));
+      this.ids.set(original, p);
+    }
+    return p;
   }
 
   /** The UUID pseudonym of `original` (the part after `urn:uuid:`, or an id in hx mode). */

@@ -40,7 +40,7 @@ export class DeidReport {
   resources = 0;
   changed = 0;
   /** Actions seen in the resource in progress (counted once per resource). */
-  private readonly current = new Set<string>();
+  private readonly current = new Set<Action>();
 
   /**
    * @param tracksPaths count per element path too (for `--explain`); off,
@@ -55,7 +55,8 @@ export class DeidReport {
 
   endResource(): void {
     this.resources++;
-    if (this.current.size > 0) this.changed++;
+    if (this.current.size === 0) return;
+    this.changed++;
     for (const action of this.current) bump(this.resourcesByRule, action);
   }
 

@@ -11,16 +11,14 @@ import type { Resource } from '../types.js';
 import { FHIR_DATE, looksLikeDate, maxAgeAt, shiftDate, type CalendarDate } from './dates.js';
 import {
   ALLOWED_EXTENSIONS,
-  CODE_KEYS,
-  FREE_TEXT_KEYS,
-  IDENTIFIER_STRING_KEYS,
   MASKED,
   MASKED_LIST,
   SECURITY_LABELS,
   isAttachmentLike,
   isCodeableConceptLike,
   isCodingLike,
-  isDateKey,
+  stringKind,
+  StringKind,
   isIdentifierKey,
   isInstantKey,
   quantityYears,
@@ -89,7 +87,10 @@ export class SafeHarbor {
   }
 
   private root(res: Json, contained: boolean): Json {
-    const saved = { type: this.resourceType, patient: this.patient, offset: this.offset, hits: this.hits };
+    const savedType = this.resourceType;
+    const savedPatient = this.patient;
+    const savedOffset = this.offset;
+    const savedHits = this.hits;
     const type = String(res.resourceType);
     this.resourceType = type;
     this.path.push(this.path.length === 0 ? type : `ofType(${type})`);
@@ -101,10 +102,10 @@ export class SafeHarbor {
     let out = this.object(res, Kind.Root);
     if (!contained && this.hits !== 0) out = withSecurityLabels(out === res ? { ...res } : out, this.hits);
     this.path.pop();
-    this.resourceType = saved.type;
-    this.patient = saved.patient;
-    this.offset = saved.offset;
-    this.hits |= saved.hits;
+    this.resourceType = savedType;
+    this.patient = savedPatient;
+    this.offset = savedOffset;
+    this.hits |= savedHits;
     return out;
   }
 
@@ -273,10 +274,16 @@ export class SafeHarbor {
       case 'text':
         return isCodeableConceptLike(parent) ? value : this.mask(key, 'free text');
     }
-    if (CODE_KEYS.has(key)) return value;
-    if (FREE_TEXT_KEYS.has(key)) return this.mask(key, 'free text');
-    if (IDENTIFIER_STRING_KEYS.has(key)) return this.mask(key, 'identifier (string)');
-    if (isDateKey(key)) return this.date(key, value, kind, true);
+    switch (stringKind(key)) {
+      case StringKind.Code:
+        return value;
+      case StringKind.FreeText:
+        return this.mask(key, 'free text');
+      case StringKind.IdentifierString:
+        return this.mask(key, 'identifier (string)');
+      case StringKind.Date:
+        return this.date(key, value, kind, true);
+    }
     if (looksLikeDate(value)) return this.date(key, value, kind, false);
     if (FREE_TEXT_OR_CONTACT.test(value)) return this.mask(key, 'free text');
     return value;
@@ -409,10 +416,10 @@ function copyBefore(obj: Json, stop: string): Json {
 function withSecurityLabels(res: Json, hits: number): Json {
   const meta = (res.meta !== null && typeof res.meta === 'object' ? res.meta : {}) as Json;
   const security = Array.isArray(meta.security) ? [...meta.security] : [];
-  const add = (bit: number, label: { system: string; code: string; display: string }) => {
+  const add = (bit: number, label: Readonly<{ system: string; code: string; display: string }>) => {
     if (!(hits & bit)) return;
     if (security.some((s) => (s as Json)?.system === label.system && (s as Json)?.code === label.code)) return;
-    security.push({ ...label });
+    security.push(label); // shared and frozen, as the masks
   };
   add(REDACTED, SECURITY_LABELS.REDACTED);
   add(ABSTRED, SECURITY_LABELS.ABSTRED);
