@@ -83,6 +83,15 @@ describe('hx export-healthex', () => {
     expect(readFileSync(again, 'utf8')).toBe(readFileSync(output, 'utf8'));
   });
 
+  it('writes the golden file for a small tenant (same key, same bytes)', async () => {
+    const fhir = await startFhirServer({ tenants: { golden: { Patient: 2, Observation: 3, Condition: 2 } }, paging: 'healthclaw', tenantHeader: true });
+    closers.push(() => fhir.close());
+    const output = join(tempDir(), 'golden.json');
+    const r = await hx(['export-healthex', '--tenant-id', 'golden', '--base-url', fhir.base, '-o', output], { env: { HX_DEID_KEY: 'golden-key', STEP_UP_SECRET: '' } });
+    expect(r.code).toBe(0);
+    expect(readFileSync(output, 'utf8')).toBe(readFileSync('test/fixtures/ingest/healthex-golden.json', 'utf8'));
+  });
+
   it('--dry-run prints the counts and writes nothing; --no-deidentify --no-pretag pass resources through', async () => {
     const { fhir } = await servers();
     const dir = tempDir();
