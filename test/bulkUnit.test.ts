@@ -81,7 +81,7 @@ describe('kick-off parameters', () => {
 describe('error summary', () => {
   it('names the file, counts OperationOutcomes and quotes distinct diagnostics', () => {
     const text = `${fixture('error-2.AllergyIntolerance.ndjson')}\n${fixture('error-2.AllergyIntolerance.ndjson')}`;
-    expect(summariseErrors('error.OperationOutcome.000.ndjson', text)).toBe(
+    expect(summariseErrors('error.OperationOutcome.000.ndjson', text, 2)).toBe(
       'error file error.OperationOutcome.000.ndjson: 2 OperationOutcomes: 2× Failed to export 2.AllergyIntolerance.ndjson',
     );
   });

@@ -59,7 +59,13 @@ export class DirDestination implements Destination {
       commit: async (counts) => {
         await rename(temp, join(this.dir, file.name));
         await this.state.update((s) => {
-          s.files[file.name] = { url: file.entry.url, bytes: counts.bytes, lines: counts.lines };
+          s.files[file.name] = {
+            url: file.entry.url,
+            bytes: counts.bytes,
+            lines: counts.lines,
+            ...(counts.headerLines ? { headerLines: counts.headerLines } : {}),
+            ...(counts.types ? { types: Object.fromEntries(counts.types) } : {}),
+          };
         });
       },
       abort: () => rm(temp, { force: true }),

@@ -65,7 +65,8 @@ async function downloadOne(manifest: Manifest, file: PlannedFile, options: Downl
   options.signal?.throwIfAborted();
   const before = await destination.complete(file);
   if (before) {
-    account.addFile(file, { bytes: before.bytes, lines: before.lines, headerLines: 0, addedNewline: false }, true);
+    const types = before.types ? new Map(Object.entries(before.types)) : undefined;
+    account.addFile(file, { bytes: before.bytes, lines: before.lines, headerLines: before.headerLines ?? 0, types, addedNewline: false }, true);
     return;
   }
   const target = destination.target(file);
@@ -84,7 +85,7 @@ async function downloadOne(manifest: Manifest, file: PlannedFile, options: Downl
   options.events?.event('download_complete', { fileUrl, fileSize: counts.bytes, resourceCount: counts.lines - counts.headerLines });
   const mismatch = account.addFile(file, counts, false);
   if (mismatch) log(`${file.name}: the manifest says ${mismatch.manifestCount} resources, the file has ${mismatch.found}`);
-  if (capture) log(summariseErrors(file.name, capture.text()));
+  if (capture) log(summariseErrors(file.name, capture.text(), counts.lines));
 }
 
 async function fetchFile(
@@ -162,32 +163,33 @@ class Capture extends Transform {
     done(null, chunk);
   }
 
+  /** The complete lines kept (a line cut by the limit is left out). */
   text(): string {
-    return Buffer.concat(this.parts).toString('utf8');
+    const text = Buffer.concat(this.parts).toString('utf8');
+    return this.size < this.limit ? text : text.slice(0, text.lastIndexOf('\n') + 1);
   }
 }
 
 /**
- * One stderr line per error file: how many OperationOutcomes, and their
- * distinct diagnostics (up to 5). Diagnostics are the server's words about
- * the export, not record content.
+ * One stderr line per error file: how many OperationOutcomes (`total`,
+ * counted over the whole file), and the distinct diagnostics (up to 5) of
+ * those in `text`, the start of the file. Diagnostics are the server's
+ * words about the export, not record content; they are clipped.
  */
-export function summariseErrors(name: string, text: string): string {
+export function summariseErrors(name: string, text: string, total: number): string {
   const messages = new Map<string, number>();
-  let outcomes = 0;
   for (const line of text.split('\n')) {
     if (!line.trim()) continue;
-    let said = 'unreadable line';
+    let said: string;
     try {
       const oo = JSON.parse(line) as { issue?: { diagnostics?: string; details?: { text?: string }; code?: string }[] };
-      outcomes++;
       said = (oo.issue ?? []).map((i) => i?.diagnostics ?? i?.details?.text ?? i?.code).filter(Boolean).join('; ') || 'no diagnostics';
     } catch {
-      // a line cut by the summary limit, or not JSON
+      said = 'a line that is not JSON';
     }
     messages.set(said, (messages.get(said) ?? 0) + 1);
   }
   const shown = [...messages].slice(0, 5).map(([m, n]) => `${n > 1 ? `${n}× ` : ''}${m.length > 200 ? `${m.slice(0, 200)}…` : m}`);
   const more = messages.size > 5 ? `; and ${messages.size - 5} other messages` : '';
-  return `error file ${name}: ${outcomes} OperationOutcome${outcomes === 1 ? '' : 's'}: ${shown.join(' | ')}${more}`;
+  return `error file ${name}: ${total} OperationOutcome${total === 1 ? '' : 's'}: ${shown.join(' | ')}${more}`;
 }

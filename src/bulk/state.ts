@@ -18,6 +18,9 @@ export interface CompletedFile {
   url: string;
   bytes: number;
   lines: number;
+  /** For the account of a resumed run: patient header lines, and resources per type of a mixed file. */
+  headerLines?: number;
+  types?: Record<string, number>;
 }
 
 export interface ResumeState {
