@@ -1,7 +1,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { hx, parseNdjson, tempDir } from './support/cli.js';
+import { hx, parseNdjson, SHARED, tempDir } from './support/cli.js';
 
 /**
  * PHI planted in a generated corpus, in every place it turns up in real
@@ -106,6 +106,25 @@ describe('hx deid', () => {
     expect(parseNdjson(out)).toHaveLength(60 * 8);
   });
 
+  it('safe-harbor on real Synthea Bulk data: no patient name, phone, street or identifier survives, notes included', async () => {
+    const dir = join(SHARED, 'data/sample-bulk-fhir-datasets-10-patients');
+    const files = ['Patient', 'DocumentReference', 'Encounter', 'Condition', 'Procedure'].map((t) => join(dir, `${t}.000.ndjson`));
+    const secrets = new Set<string>();
+    for (const line of readFileSync(files[0]!, 'utf8').split('\n').filter(Boolean)) {
+      const p = JSON.parse(line);
+      for (const n of p.name ?? []) for (const s of [n.family, ...(n.given ?? [])]) secrets.add(s);
+      for (const t of p.telecom ?? []) secrets.add(t.value);
+      for (const a of p.address ?? []) for (const s of a.line ?? []) secrets.add(s);
+      for (const i of p.identifier ?? []) secrets.add(i.value);
+    }
+    expect(secrets.size).toBeGreaterThan(50);
+    const r = await hx(['deid', '--profile', 'safe-harbor', '--key-file', keyFile(tempDir()), '--as-of', '2025-01-01', ...files]);
+    expect(r.code).toBe(0);
+    const out = r.stdout.toString();
+    for (const secret of secrets) expect(out.includes(secret), secret).toBe(false);
+    expect(out).toContain('"code":"44054006"'); // SNOMED diabetes, from Condition
+  });
+
   it('export leaves no planted name, phone, e-mail, street or ZIP of the Patient or RelatedPerson', async () => {
     const r = await hx(['deid'], { stdin: corpus(10) });
     expect(r.code).toBe(0);
@@ -134,23 +153,27 @@ describe('hx deid', () => {
     writeFileSync(b, lines.slice(101).join('\n'));
     const key = keyFile(dir);
     const args = ['deid', '--profile', 'safe-harbor', '--key-file', key, '--as-of', '2025-01-01'];
-    const one = await hx([...args, whole]);
-    const two = await hx([...args, a, b]);
-    const piped = await hx(args, { stdin: input });
-    const env = await hx(['deid', '--profile', 'safe-harbor', '--as-of', '2025-01-01', whole], { env: { HX_DEID_KEY: 'a test key of decent length' } });
+    const [one, two, piped, env, shifted1, shifted2] = await Promise.all([
+      hx([...args, whole]),
+      hx([...args, a, b]),
+      hx(args, { stdin: input }),
+      hx(['deid', '--profile', 'safe-harbor', '--as-of', '2025-01-01', whole], { env: { HX_DEID_KEY: 'a test key of decent length' } }),
+      hx([...args, '--date-shift', '20', a, b]),
+      hx([...args, '--date-shift', '20', whole]),
+    ]);
     expect(one.code).toBe(0);
     expect(two.stdout.equals(one.stdout)).toBe(true);
     expect(piped.stdout.equals(one.stdout)).toBe(true);
     expect(env.stdout.equals(one.stdout)).toBe(true);
-    const shifted1 = await hx([...args, '--date-shift', '20', a, b]);
-    const shifted2 = await hx([...args, '--date-shift', '20', whole]);
     expect(shifted1.stdout.equals(shifted2.stdout)).toBe(true);
   });
 
   it('draws a random key when none is given, and says so (fingerprint only)', async () => {
     const input = '{"resourceType":"Patient","id":"p1"}\n';
-    const first = await hx(['deid', '--profile', 'safe-harbor'], { stdin: input, env: { HX_DEID_KEY: '' } });
-    const second = await hx(['deid', '--profile', 'safe-harbor'], { stdin: input, env: { HX_DEID_KEY: '' } });
+    const [first, second] = await Promise.all([
+      hx(['deid', '--profile', 'safe-harbor'], { stdin: input, env: { HX_DEID_KEY: '' } }),
+      hx(['deid', '--profile', 'safe-harbor'], { stdin: input, env: { HX_DEID_KEY: '' } }),
+    ]);
     expect(first.code).toBe(0);
     expect(first.stderr).toMatch(/no key given .*drew a random key for this run \(fingerprint [0-9a-f]{8}\)/);
     expect(parseNdjson(first.stdout)[0]!.id).not.toBe(parseNdjson(second.stdout)[0]!.id);
@@ -231,8 +254,13 @@ describe('hx deid', () => {
   });
 
   it('refuses bad options with exit code 2', async () => {
-    expect((await hx(['deid', '--as-of', '2025-13-01'], { stdin: '' })).code).toBe(2);
-    expect((await hx(['deid', '--date-shift', '10'], { stdin: '' })).code).toBe(2);
-    expect((await hx(['deid', '--key-file', '/nonexistent/key'], { stdin: '' })).code).toBe(2);
+    const results = await Promise.all([
+      hx(['deid', '--as-of', '2025-13-01'], { stdin: '' }),
+      hx(['deid', '--date-shift', '10'], { stdin: '' }),
+      hx(['deid', '--key-file', '/nonexistent/key'], { stdin: '' }),
+    ]);
+    expect(results.map((r) => r.code)).toEqual([2, 2, 2]);
+    expect(results[0]!.stderr).toContain('--as-of must be a date YYYY-MM-DD');
+    expect(results[1]!.stderr).toContain('--date-shift applies to --profile safe-harbor only');
   });
 });

@@ -327,6 +327,8 @@ describe('safe-harbor profile', () => {
     expect(location.position).toBeUndefined();
     const coverage = run('safe-harbor', readLines('edge-cases.ndjson')[10]!);
     expect(coverage._subscriberId).toEqual(MASKED);
+    const composition = run('safe-harbor', { resourceType: 'Composition', section: [{ title: 'Lin family', text: { status: 'generated', div: '<div>Derrick</div>' }, code: { text: 'History' } }] });
+    expect(composition.section).toEqual([{ _title: MASKED, code: { text: 'History' } }]);
     const free = run('safe-harbor', { resourceType: 'Foo', id: 'x', whatever: 'two words', contactish: 'a@b.example', phone: '316-555-0142', ssn: '123-45-6789', token: 'abc' });
     expect(free).toMatchObject({ _whatever: MASKED, _contactish: MASKED, _phone: MASKED, _ssn: MASKED, token: 'abc' });
   });

@@ -74,6 +74,8 @@ export interface DeidSettings {
   dateShiftDays: number;
   zip3Table: string;
   pseudonymisesIds: boolean;
+  /** Whether the output depends on the key (all but redact: pseudonyms, the export's patient UUID). */
+  usesKey: boolean;
 }
 
 export function createDeidentifier(options: DeidentifyOptions = {}): Deidentifier {
@@ -102,6 +104,7 @@ export function createDeidentifier(options: DeidentifyOptions = {}): Deidentifie
     dateShiftDays,
     zip3Table: zip3.version,
     pseudonymisesIds: profile === 'safe-harbor',
+    usesKey: profile !== 'redact',
   };
   return {
     report,

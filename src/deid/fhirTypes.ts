@@ -50,7 +50,7 @@ export const FREE_TEXT_KEYS: ReadonlySet<string> = new Set([
   'comment', 'comments', 'description', 'note', 'valueString', 'valueMarkdown', 'valueUrl', 'valueUri',
   'valueBase64Binary', 'contentString', 'authorString', 'summary', 'conclusion', 'patientInstruction',
   'title', 'alias', 'sourceString', 'answerString', 'data', 'ifNoneExist', 'ifMatch', 'ifNoneMatch', 'ifModifiedSince',
-  'outcomeString', 'reasonString', 'detailString', 'sourceUri',
+  'outcomeString', 'reasonString', 'detailString', 'sourceUri', 'div',
 ]);
 
 /** Strings that are identifiers of a person or device without being an Identifier. */

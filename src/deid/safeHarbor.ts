@@ -130,8 +130,9 @@ export class SafeHarbor {
     if (value === null || typeof value !== 'object') {
       return typeof value === 'string' ? this.string(parent, key, value, kind) : value;
     }
+    // An object-valued `text` is a Narrative (a CodeableConcept's text is a string).
+    if (key === 'text' && !Array.isArray(value)) return this.remove(key, 'Narrative');
     if (kind === Kind.Root) {
-      if (key === 'text') return this.remove(key, 'Narrative');
       if (key === 'meta') return this.descend(key, value as Json, Kind.Meta);
       if (key === 'contained' && Array.isArray(value)) return this.contained(value);
     }

@@ -70,9 +70,10 @@ export const deidCommand: CommandModule<object, DeidArgs> = {
       explain: argv.explain !== undefined,
     });
     const { settings } = deidentifier;
-    if (settings.keySource === 'random' && settings.pseudonymisesIds) {
+    if (settings.keySource === 'random' && settings.usesKey) {
+      const what = settings.pseudonymisesIds ? 'pseudonyms' : 'urn:healthclaw:patient identifiers';
       process.stderr.write(
-        `hx: deid: no key given (--key-file or $${KEY_ENV}): drew a random key for this run (fingerprint ${settings.keyFingerprint}); its pseudonyms match no other run\n`,
+        `hx: deid: no key given (--key-file or $${KEY_ENV}): drew a random key for this run (fingerprint ${settings.keyFingerprint}); its ${what} match no other run\n`,
       );
     }
     let failed = true;
