@@ -124,7 +124,7 @@ describe('hx pretag', () => {
   });
 
   it('reads a gzip Bulk export: files and pipe give the same resources and tags', async () => {
-    const files = ['30.Observation.ndjson.gz', '32.Observation.ndjson.gz', '36.Patient.ndjson.gz'].map((f) => join(EXPORT, f));
+    const files = ['32.Observation.ndjson.gz', '36.Patient.ndjson.gz'].map((f) => join(EXPORT, f));
     const twoPass = await hx(['pretag', ...files]);
     const cat = await hx(['cat', ...files]);
     const piped = await hx(['pretag'], { stdin: cat.stdout });
