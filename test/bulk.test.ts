@@ -14,7 +14,7 @@ import { noAuth } from '../src/bulk/auth.js';
 import { FileFetcher } from '../src/bulk/fileRequest.js';
 import { runExport, type BulkSession } from '../src/bulk/run.js';
 import { DEFAULT_POLL } from '../src/bulk/status.js';
-import { startBulkServer, type BulkServer, type BulkServerOptions, type FileSpec } from './support/bulkServer.js';
+import { capturedFiles, startBulkServer, type BulkServer, type BulkServerOptions, type FileSpec } from './support/bulkServer.js';
 
 const FIXTURES = resolve(import.meta.dirname, 'fixtures/bulk');
 const fixture = (name: string) => readFileSync(join(FIXTURES, name));
@@ -147,9 +147,10 @@ describe('hx bulk export', () => {
 
 /** The same flows in-process (no CLI start-up): the library entry `runExport` with a collecting stdout. */
 describe('runExport in-process', () => {
-  async function runLib(s: BulkServer, options: { dir?: string; concurrency?: number; allowErrors?: boolean; retries?: number } = {}) {
+  async function runLib(s: BulkServer, options: { dir?: string; concurrency?: number; allowErrors?: boolean; retries?: number; counting?: boolean } = {}) {
     const client = new HttpClient({ trustedOrigin: s.base, retry: { baseMs: 1, retries: options.retries ?? 6 } });
     const parts: Buffer[] = [];
+    let bytes = 0;
     const logs: string[] = [];
     const session: BulkSession = {
       client,
@@ -160,7 +161,7 @@ describe('runExport in-process', () => {
       dir: options.dir,
       allowErrors: options.allowErrors,
       log: (m) => logs.push(m),
-      stdout: new Writable({ write: (c, _e, done) => (parts.push(c), done()) }),
+      stdout: new Writable({ write: (c: Buffer, _e, done) => ((bytes += c.length), options.counting || parts.push(c), done()) }),
     };
     let error: Error | undefined;
     try {
@@ -170,7 +171,7 @@ describe('runExport in-process', () => {
     } finally {
       await Promise.all([client.close(), session.fetcher.close()]);
     }
-    return { stdout: Buffer.concat(parts), logs: logs.join('\n'), error, account: session.account! };
+    return { stdout: Buffer.concat(parts), bytes, logs: logs.join('\n'), error, account: session.account! };
   }
 
   it('survives the faults of real servers: epoch Retry-After, transient 500, resets mid-file, 503 on a file', async () => {
@@ -227,6 +228,17 @@ describe('runExport in-process', () => {
     expect(run.error).toBeUndefined();
     const saved = readFileSync(join(dir, 'error.OperationOutcome.000.ndjson'));
     expect(saved.equals(Buffer.concat([fixture('error-2.AllergyIntolerance.ndjson'), Buffer.from('\n')]))).toBe(true);
+  });
+
+  it('the captured reference export: the same files, resources and bytes as the SMART reference client reported', async () => {
+    const s = await serve({ files: capturedFiles(join(SHARED, 'data/bulk-data-server/export-system')) });
+    const run = await runLib(s, { counting: true });
+    expect(run.error).toBeUndefined();
+    const reference = parseNdjson(readFileSync(join(SHARED, 'data/bulk-data-client-run/log.ndjson'))).find((e) => e.eventId === 'export_complete')!;
+    expect(reference.eventDetail).toMatchObject({ files: 20, resources: 38483, bytes: 49310246 });
+    expect(run.account.toJSON()).toMatchObject({ files: { downloaded: 20 }, resources: 38483, bytes: 49310246, countMismatches: [] });
+    expect(run.bytes).toBe(49310246);
+    expect(run.account.resourcesByType.get('Observation')).toBe(16315);
   });
 
   it('stdout: a file without a final newline is separated from the next', async () => {

@@ -9,15 +9,18 @@
  * tokens), gzip, file URLs that redirect to another origin, and faults
  * (any status with Retry-After, 500 OperationOutcome, 410, resets mid-file).
  *
- * Standalone (for benchmarks), once compiled by an importer:
- *     node dist/test/support/bulkServer.js --types Patient=100000,Observation=900000 --per-file 250000 --pad 900 [--port 8080] [--gzip]
+ * Standalone (for benchmarks and demos), once compiled by an importer:
+ *     node dist/test/support/bulkServer.js --types Patient=100000,Observation=900000 --per-file 250000 --pad 900 [--port 8080] [--gzip] [--polls 3]
+ *     node dist/test/support/bulkServer.js --from-dir ../shared/data/bulk-data-server/export-system --gzip --polls 3
  * prints the FHIR base URL and serves until killed.
  */
 import { randomUUID } from 'node:crypto';
+import { readFileSync, readdirSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import { basename, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { createGzip } from 'node:zlib';
+import { createGzip, gunzipSync } from 'node:zlib';
 import { createLocalJWKSet, jwtVerify, type JSONWebKeySet } from 'jose';
 
 export interface FileSpec {
@@ -355,15 +358,33 @@ export function generatedFiles(types: Record<string, number>, perFile: number, p
   return files;
 }
 
+/**
+ * The files of a captured export folder (`manifest.json` + `N.Type.ndjson[.gz]`,
+ * like `../shared/data/bulk-data-server/export-system`), in manifest order,
+ * with the manifest's counts and `continuesInFile` as captured.
+ */
+export function capturedFiles(dir: string): FileSpec[] {
+  const manifest = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8')) as { output: { url: string; type?: string; count?: number; continuesInFile?: string }[] };
+  const present = new Set(readdirSync(dir));
+  return manifest.output.map((entry) => {
+    const name = basename(new URL(entry.url).pathname);
+    const body = present.has(name) ? readFileSync(join(dir, name)) : gunzipSync(readFileSync(join(dir, `${name}.gz`)));
+    return { name, type: entry.type, body, count: entry.count, continuesInFile: entry.continuesInFile };
+  });
+}
+
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const arg = (name: string) => {
     const i = process.argv.indexOf(`--${name}`);
     return i > 0 ? process.argv[i + 1] : undefined;
   };
+  const fromDir = arg('from-dir');
   const types = Object.fromEntries((arg('types') ?? 'Patient=1000,Observation=100000').split(',').map((p) => [p.split('=')[0], Number(p.split('=')[1])]));
   const server = await startBulkServer({
-    files: generatedFiles(types, Number(arg('per-file') ?? 250_000), Number(arg('pad') ?? 900)),
+    files: fromDir ? capturedFiles(fromDir) : generatedFiles(types, Number(arg('per-file') ?? 250_000), Number(arg('pad') ?? 900)),
     gzip: process.argv.includes('--gzip'),
+    polls: Number(arg('polls') ?? 0),
+    retryAfter: '1',
     port: arg('port') ? Number(arg('port')) : undefined,
   });
   process.stdout.write(`${server.base}\n`);
