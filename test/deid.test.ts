@@ -327,6 +327,17 @@ describe('safe-harbor profile', () => {
     expect(location.position).toBeUndefined();
     const coverage = run('safe-harbor', readLines('edge-cases.ndjson')[10]!);
     expect(coverage._subscriberId).toEqual(MASKED);
+    const claim = run('safe-harbor', {
+      resourceType: 'Claim',
+      accident: { locationAddress: { line: ['1 A St'], city: 'Wichita', postalCode: '67202', state: 'KS' } },
+      related: [{ reference: { system: 'http://claims.example', value: 'CLM-1' } }],
+      contained: [{ resourceType: 'Endpoint', address: 'https://ehr.example.org/fhir' }],
+      other: [{ family: 'Lin', given: ['D'] }, { system: 'phone', value: '555 0101' }],
+    });
+    expect(claim.accident.locationAddress).toEqual({ _line: [MASKED], _city: MASKED, postalCode: '67200', state: 'KS' });
+    expect(claim.related[0].reference).toEqual({ system: 'http://claims.example', _value: MASKED });
+    expect(claim.contained[0]._address).toEqual(MASKED);
+    expect(claim.other).toEqual([MASKED, MASKED]);
     const composition = run('safe-harbor', { resourceType: 'Composition', section: [{ title: 'Lin family', text: { status: 'generated', div: '<div>Derrick</div>' }, code: { text: 'History' } }] });
     expect(composition.section).toEqual([{ _title: MASKED, code: { text: 'History' } }]);
     const free = run('safe-harbor', { resourceType: 'Foo', id: 'x', whatever: 'two words', contactish: 'a@b.example', phone: '316-555-0142', ssn: '123-45-6789', token: 'abc' });

@@ -51,6 +51,8 @@ export const FREE_TEXT_KEYS: ReadonlySet<string> = new Set([
   'valueBase64Binary', 'contentString', 'authorString', 'summary', 'conclusion', 'patientInstruction',
   'title', 'alias', 'sourceString', 'answerString', 'data', 'ifNoneExist', 'ifMatch', 'ifNoneMatch', 'ifModifiedSince',
   'outcomeString', 'reasonString', 'detailString', 'sourceUri', 'div',
+  // a string `address` is a URL (Endpoint) or a network address (AuditEvent)
+  'address',
 ]);
 
 /** Strings that are identifiers of a person or device without being an Identifier. */
@@ -122,6 +124,39 @@ export function isAttachmentLike(obj: Json): boolean {
   if (obj.resourceType !== undefined) return false;
   for (const key in obj) if (!ATTACHMENT_KEYS.has(key)) return false;
   return true;
+}
+
+const HUMAN_NAME_KEYS: ReadonlySet<string> = new Set(['use', 'text', 'family', 'given', 'prefix', 'suffix', 'period', 'id', 'extension', '_family', '_given', '_text', '_prefix', '_suffix']);
+const ADDRESS_KEYS: ReadonlySet<string> = new Set([
+  'use', 'type', 'text', 'line', 'city', 'district', 'state', 'postalCode', 'country', 'period', 'id', 'extension',
+  '_text', '_line', '_city', '_district', '_state', '_postalCode', '_country',
+]);
+const CONTACT_POINT_SYSTEMS: ReadonlySet<string> = new Set(['phone', 'fax', 'email', 'pager', 'url', 'sms', 'other']);
+
+/** Every key of `obj` is in `allowed`. */
+function only(obj: Json, allowed: ReadonlySet<string>): boolean {
+  for (const key in obj) if (!allowed.has(key)) return false;
+  return true;
+}
+
+/** A HumanName met under a name that does not say so (`valueHumanName`, say). */
+export function isHumanNameLike(obj: Json): boolean {
+  return (obj.family !== undefined || obj.given !== undefined) && only(obj, HUMAN_NAME_KEYS);
+}
+
+/** An Address met under another name (`locationAddress`, `valueAddress` …). */
+export function isAddressLike(obj: Json): boolean {
+  return (obj.line !== undefined || obj.city !== undefined || obj.postalCode !== undefined || obj.district !== undefined) && only(obj, ADDRESS_KEYS);
+}
+
+/** A ContactPoint met under another name (`valueContactPoint` …). */
+export function isContactPointLike(obj: Json): boolean {
+  return typeof obj.value === 'string' && CONTACT_POINT_SYSTEMS.has(obj.system as string);
+}
+
+/** An Identifier met under another name: a string `value` with a system, type or assigner, and no code. */
+export function isIdentifierLike(obj: Json): boolean {
+  return typeof obj.value === 'string' && obj.code === undefined && (obj.system !== undefined || obj.type !== undefined || obj.assigner !== undefined);
 }
 
 /** Years per unit of a time Quantity (UCUM code, or a common spelling in `unit`). */

@@ -14,7 +14,11 @@ import {
   MASKED,
   MASKED_LIST,
   SECURITY_LABELS,
+  isAddressLike,
   isAttachmentLike,
+  isContactPointLike,
+  isHumanNameLike,
+  isIdentifierLike,
   isCodeableConceptLike,
   isCodingLike,
   stringKind,
@@ -179,7 +183,12 @@ export class SafeHarbor {
       this.path.pop();
       return out;
     }
+    // Data types recognised by shape when their element name does not tell.
     if (isAttachmentLike(obj)) return this.descend(key, obj, Kind.Attachment);
+    if (isHumanNameLike(obj)) return this.maskElement(key, 'HumanName');
+    if (isContactPointLike(obj)) return this.maskElement(key, 'ContactPoint');
+    if (isAddressLike(obj)) return this.descend(key, obj, Kind.Address);
+    if (isIdentifierLike(obj)) return this.descend(key, obj, Kind.Identifier);
     const years = quantityYears(obj);
     if (years !== undefined && years >= 90) return this.capAge(key, obj);
     return this.descend(key, obj, Kind.Plain);
@@ -205,7 +214,8 @@ export class SafeHarbor {
       }
       if (result === item && out === undefined) continue;
       out ??= arr.slice(0, i);
-      if (result !== REMOVE) out.push(result);
+      if (result === MASK_ELEMENT) out.push(MASKED);
+      else if (result !== REMOVE) out.push(result);
     }
     return out === undefined ? arr : out.length > 0 ? out : REMOVE;
   }
