@@ -147,7 +147,7 @@ describe('hx bulk export', () => {
 
 /** The same flows in-process (no CLI start-up): the library entry `runExport` with a collecting stdout. */
 describe('runExport in-process', () => {
-  async function runLib(s: BulkServer, options: { dir?: string; concurrency?: number; allowErrors?: boolean; retries?: number; counting?: boolean } = {}) {
+  async function runLib(s: BulkServer, options: { dir?: string; concurrency?: number; allowErrors?: boolean; retries?: number; counting?: boolean; progressMs?: number } = {}) {
     const client = new HttpClient({ trustedOrigin: s.base, retry: { baseMs: 1, retries: options.retries ?? 6 } });
     const parts: Buffer[] = [];
     let bytes = 0;
@@ -160,6 +160,7 @@ describe('runExport in-process', () => {
       concurrency: options.concurrency ?? 4,
       dir: options.dir,
       allowErrors: options.allowErrors,
+      progressMs: options.progressMs,
       log: (m) => logs.push(m),
       stdout: new Writable({ write: (c: Buffer, _e, done) => ((bytes += c.length), options.counting || parts.push(c), done()) }),
     };
@@ -232,13 +233,14 @@ describe('runExport in-process', () => {
 
   it('the captured reference export: the same files, resources and bytes as the SMART reference client reported', async () => {
     const s = await serve({ files: capturedFiles(join(SHARED, 'data/bulk-data-server/export-system')) });
-    const run = await runLib(s, { counting: true });
+    const run = await runLib(s, { counting: true, progressMs: 20 });
     expect(run.error).toBeUndefined();
     const reference = parseNdjson(readFileSync(join(SHARED, 'data/bulk-data-client-run/log.ndjson'))).find((e) => e.eventId === 'export_complete')!;
     expect(reference.eventDetail).toMatchObject({ files: 20, resources: 38483, bytes: 49310246 });
     expect(run.account.toJSON()).toMatchObject({ files: { downloaded: 20 }, resources: 38483, bytes: 49310246, countMismatches: [] });
     expect(run.bytes).toBe(49310246);
     expect(run.account.resourcesByType.get('Observation')).toBe(16315);
+    expect(run.logs).toMatch(/downloading: \d+\/20 files done, [\d.]+ MB received/);
   });
 
   it('stdout: a file without a final newline is separated from the next', async () => {

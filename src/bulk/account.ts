@@ -33,6 +33,8 @@ export class BulkAccount {
   /** OperationOutcomes in the error files. */
   errorOutcomes = 0;
   readonly countMismatches: CountMismatch[] = [];
+  /** Bytes received so far, retried attempts included (for progress, not the account). */
+  bytesSeen = 0;
   retries = 0;
   requests = 0;
   tokensIssued = 0;
@@ -91,6 +93,13 @@ export class BulkAccount {
       tokensIssued: this.tokensIssued,
       elapsedSeconds: this.elapsedSeconds,
     };
+  }
+
+  /** A progress line while files download. */
+  progress(): string {
+    const seconds = Math.max(this.elapsedSeconds, 0.001);
+    const mb = this.bytesSeen / 1e6;
+    return `downloading: ${this.filesDownloaded + this.filesResumed}/${this.filesPlanned} files done, ${mb.toFixed(1)} MB received (${(mb / seconds).toFixed(1)} MB/s)`;
   }
 
   summary(): string {

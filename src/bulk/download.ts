@@ -31,6 +31,8 @@ export interface DownloadOptions {
   log: (message: string) => void;
   signal?: AbortSignal;
   events?: EventLog;
+  /** Log a progress line this often (0 or absent: never). */
+  progressMs?: number;
 }
 
 /** How much of each error file is kept to summarise it. */
@@ -38,6 +40,8 @@ const ERROR_SUMMARY_BYTES = 256 * 1024;
 
 export async function downloadFiles(manifest: Manifest, files: PlannedFile[], options: DownloadOptions): Promise<void> {
   const limit = pLimit(Math.max(1, options.concurrency));
+  const progress = options.progressMs ? setInterval(() => options.log(options.account.progress()), options.progressMs) : undefined;
+  progress?.unref();
   options.account.filesPlanned += files.length;
   // After the first failure no new file starts; those under way finish (or fail), so none is left half-written.
   let failure: { error: unknown } | undefined;
@@ -53,6 +57,7 @@ export async function downloadFiles(manifest: Manifest, files: PlannedFile[], op
       }),
     ),
   );
+  clearInterval(progress);
   if (failure) {
     await options.destination.abort();
     throw failure.error;
@@ -93,7 +98,7 @@ async function fetchFile(
   file: PlannedFile,
   open: () => NodeJS.WritableStream,
   capture: Capture | undefined,
-  { client, fetcher, auth, signal }: DownloadOptions,
+  { client, fetcher, auth, signal, account }: DownloadOptions,
 ): Promise<LineCounts> {
   const what = `${file.name} (${file.kind} file)`;
   const headers = { accept: 'application/fhir+ndjson', 'accept-encoding': 'gzip' };
@@ -114,7 +119,7 @@ async function fetchFile(
         throw err;
       }
       const gzip = /\bgzip\b/i.test(header(res.headers['content-encoding']) ?? '');
-      const counter = new LineCounter(file.kind === 'output' && !file.entry.type);
+      const counter = new LineCounter(file.kind === 'output' && !file.entry.type, (n) => (account.bytesSeen += n));
       capture?.reset();
       const stages: (NodeJS.ReadableStream | NodeJS.WritableStream)[] = [res.body];
       if (gzip) stages.push(createGunzip());

@@ -35,13 +35,18 @@ export class LineCounter extends Transform {
   private head: Buffer[] = [];
   private headLength = 0;
 
-  constructor(private readonly readTypes: boolean) {
+  constructor(
+    private readonly readTypes: boolean,
+    /** Told the size of each chunk as it passes (progress). */
+    private readonly onBytes?: (bytes: number) => void,
+  ) {
     super();
     this.counts = { bytes: 0, lines: 0, headerLines: 0, addedNewline: false, types: readTypes ? new Map() : undefined };
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
     this.counts.bytes += chunk.length;
+    this.onBytes?.(chunk.length);
     if (chunk.length) this.lastByte = chunk[chunk.length - 1];
     let start = 0;
     for (;;) {

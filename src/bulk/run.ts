@@ -37,6 +37,8 @@ export interface BulkSession {
   account?: BulkAccount;
   /** `--log`: events in the SMART reference client's format. */
   events?: EventLog;
+  /** Log download progress this often (0 or absent: never). */
+  progressMs?: number;
   /** Where the NDJSON goes without `dir` (process.stdout by default). */
   stdout?: NodeJS.WritableStream;
 }

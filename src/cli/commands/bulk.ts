@@ -32,6 +32,7 @@ interface DownloadArgs extends ConnectionArgs {
   'time-limit': number;
   report?: string;
   log?: string;
+  progress?: boolean;
   verbose: boolean;
 }
 
@@ -73,7 +74,8 @@ function withDownload<T>(yargs: Argv<T>): Argv<T & DownloadArgs> {
     .option('time-limit', { describe: 'Give up waiting for the export after this many seconds (0: never)', type: 'number', default: 0 })
     .option('report', { describe: 'Write the account of the run to FILE as JSON', type: 'string', requiresArg: true })
     .option('log', { describe: 'Append events to FILE as NDJSON, in the format of the SMART bulk-data-client log', type: 'string', requiresArg: true })
-    .option('verbose', { alias: 'v', describe: 'Print every retry and poll', type: 'boolean', default: false }) as unknown as Argv<T & DownloadArgs>;
+    .option('progress', { describe: 'Print download progress every 5 s on stderr (default: when stderr is a terminal)', type: 'boolean' })
+    .option('verbose', { alias: 'v', describe: 'Print every retry', type: 'boolean', default: false }) as unknown as Argv<T & DownloadArgs>;
 }
 
 const exportCommand: CommandModule<object, ExportArgs> = {
@@ -240,6 +242,7 @@ async function withSession(argv: DownloadArgs, origin: string | undefined, flow:
     signal: controller.signal,
     account,
     events: argv.log ? new EventLog(argv.log, client.redactor) : undefined,
+    progressMs: (argv.progress ?? Boolean(process.stderr.isTTY)) ? 5000 : 0,
   };
   let failure: Error | undefined;
   try {
