@@ -75,8 +75,8 @@ describe('hx export-healthex', () => {
     expect(observation.extension.map((x: Json) => [x.url, x.valueCodeableConcept.coding[0].code])).toEqual([[PRETAG_URL, 'missing_result']]);
     // Reads carried the tenant and a valid step-up token (the server answers 401 otherwise).
     expect(fhir.requests.every((q) => q.status === 200)).toBe(true);
-    // The file is the Python layout (indent 2).
-    expect(readFileSync(output, 'utf8').startsWith('{\n  "resourceType": "Bundle",\n  "type": "transaction",\n  "entry": [\n')).toBe(true);
+    // Compact by default (--pretty indents like the Python script, see the golden test).
+    expect(readFileSync(output, 'utf8').startsWith('{"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"Patient"')).toBe(true);
     // Same key, same output.
     const again = join(dir, 'again.json');
     await hx(['export-healthex', '--tenant-id', 'ev-personal', '--base-url', fhir.base, '--output', again], { env });
@@ -87,7 +87,7 @@ describe('hx export-healthex', () => {
     const fhir = await startFhirServer({ tenants: { golden: { Patient: 2, Observation: 3, Condition: 2 } }, paging: 'healthclaw', tenantHeader: true });
     closers.push(() => fhir.close());
     const output = join(tempDir(), 'golden.json');
-    const r = await hx(['export-healthex', '--tenant-id', 'golden', '--base-url', fhir.base, '-o', output], { env: { HX_DEID_KEY: 'golden-key', STEP_UP_SECRET: '' } });
+    const r = await hx(['export-healthex', '--tenant-id', 'golden', '--base-url', fhir.base, '-o', output, '--pretty'], { env: { HX_DEID_KEY: 'golden-key', STEP_UP_SECRET: '' } });
     expect(r.code).toBe(0);
     expect(readFileSync(output, 'utf8')).toBe(readFileSync('test/fixtures/ingest/healthex-golden.json', 'utf8'));
   });

@@ -24,6 +24,7 @@ interface ExportArgs extends RunArgs, PostArgs {
   deidentify: boolean;
   pretag: boolean;
   'temp-dir'?: string;
+  pretty: boolean;
 }
 
 /** Pseudonym key of the Patient identifier injected by de-identification (random per run without it). */
@@ -49,6 +50,7 @@ export const exportHealthexCommand: CommandModule<object, ExportArgs> = {
       .option('import-base-url', { describe: 'Server to import into [default: --base-url]', type: 'string', requiresArg: true })
       .option('deidentify', { describe: 'De-identify Patients (--no-deidentify skips it)', type: 'boolean', default: true })
       .option('pretag', { describe: 'Add Curatr pre-tags (--no-pretag skips it)', type: 'boolean', default: true })
+      .option('pretty', { describe: 'Indent the file like the Python script (json.dump indent=2): larger and slower', type: 'boolean', default: false })
       .option('temp-dir', { describe: 'Folder for the spool of smoking-status Observations (default: $TMPDIR)', type: 'string', requiresArg: true })
       .example('hx export-healthex --tenant-id ev-personal', 'all eleven types to exports/healthex-<date>.json')
       .example('hx export-healthex --tenant-id ev-personal --import --import-tenant ev-archive', 'export, then import into a second tenant ($STEP_UP_SECRET)')
@@ -95,7 +97,7 @@ export const exportHealthexCommand: CommandModule<object, ExportArgs> = {
         ],
         ...(argv['dry-run']
           ? { sink: (ctx) => countingSink(ctx.account) }
-          : { serializer: (ctx) => toTransactionBundle({ pretty: true }, ctx), output: { output, gzip: false } }),
+          : { serializer: (ctx) => toTransactionBundle({ pretty: argv.pretty }, ctx), output: { output, gzip: false } }),
       });
     } finally {
       await client.close();
