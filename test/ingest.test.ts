@@ -144,6 +144,18 @@ print(payload.count('='))
     expect(s.requests.filter((q) => q.status === 413).length).toBe(stats.splits);
   });
 
+  it('splits on a 413 for a body over the server limit, and fails on a single resource that alone exceeds it', async () => {
+    const s = await server({ maxBodyBytes: 100_000 });
+    const r = await hx(['ingest', SAMPLE_FILES[2]!, '--base-url', s.base, '--tenant-id', 'bytes', '--max-bytes', '1MiB'], { env });
+    expect(r.code).toBe(0);
+    expect(s.requests.some((q) => q.status === 413)).toBe(true);
+    expectAllStored(s, 'bytes', readResources([SAMPLE_FILES[2]!]));
+    const huge = JSON.stringify({ resourceType: 'Patient', id: 'huge', text: { div: 'x'.repeat(150_000) } }) + '\n';
+    const failed = await hx(['ingest', '--base-url', s.base, '--tenant-id', 'bytes'], { env, stdin: huge });
+    expect(failed.code).toBe(1);
+    expect(failed.stderr).toContain('chunk 1: the server refuses a single resource as too large (HTTP 413)');
+  });
+
   it('retries 429 (Retry-After), 503 and resets; stops on another 4xx naming the chunk and the diagnostics', async () => {
     const s = await server({
       faults: [
