@@ -333,6 +333,7 @@ describe('hx fasten --url', () => {
     expect(r.code).toBe(0);
     expect(r.stdout.toString().trim().split('\n')).toHaveLength(3);
     expect(s.requests[0]!.headers.authorization).toBeUndefined();
+    expect(r.stderr).toContain('hx: not sending the Fasten keys to http://127.0.0.1');
     expect(r.stderr).not.toContain('abc123secret');
     const missing = await hx(['fasten', '--url', `${s.origin}/download/nope.ndjson`]);
     expect(missing.code).toBe(1);

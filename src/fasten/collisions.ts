@@ -84,7 +84,12 @@ export class CollisionIndex {
   }
 }
 
-/** `meta.lastUpdated` as the Python script reads it: the string, or "" when absent. */
+/**
+ * `meta.lastUpdated` as the Python script reads it: the string, or "" when
+ * absent (or not a string). Compared with JS `<`, which orders UTF-16 units
+ * where Python orders code points: the two differ only between characters
+ * above U+FFFF and U+E000–U+FFFF, which an instant never holds.
+ */
 export function lastUpdatedOf(resource: Record<string, unknown>): string {
   const meta = resource.meta as { lastUpdated?: unknown } | undefined;
   const value = meta?.lastUpdated;

@@ -47,7 +47,6 @@ export const fastenCommand: CommandModule<object, FastenArgs> = {
       .example('zcat export.ndjson.gz | hx fasten --types Patient Observation -v > out.ndjson', 'stdin, two types, with the account'),
   handler: async (argv) => {
     const options: FastenOptions = { types: argv['all-types'] ? undefined : new Set(argv.types?.length ? argv.types : FASTEN_DEFAULT_TYPES) };
-    if (argv.bundle && argv.gzip && !argv.output) throw new UsageError('--gzip with --bundle needs --output');
     const spool = await SpoolDir.create(argv['spool-dir']);
     try {
       const inputs = await gatherInputs(argv, spool);
@@ -90,6 +89,9 @@ async function gatherInputs(argv: FastenArgs, spool: SpoolDir): Promise<FastenIn
     if (!URL.canParse(text)) throw new UsageError('--url must be an absolute URL');
     const url = new URL(text);
     const authorization = fastenCredentials(url, process.env);
+    if (!authorization && process.env.FASTEN_PUBLIC_KEY && process.env.FASTEN_PRIVATE_KEY) {
+      process.stderr.write(`hx: not sending the Fasten keys to ${url.protocol}//${url.host}: only to https hosts under fastenhealth.com\n`);
+    }
     const client = new HttpClient({
       trustedOrigin: authorization ? url.origin : undefined,
       credentials: authorization ? () => ({ authorization }) : undefined,
