@@ -1,12 +1,13 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { CollisionIndex } from '../src/fasten/collisions.js';
 import { FastenExportScanner, looksLikeFastenExport } from '../src/fasten/exportScanner.js';
 import { fastenCredentials } from '../src/fasten/read.js';
 import { fastenKey } from '../transforms/fastenConvert.js';
 import { hx, parseNdjson, tempDir } from './support/cli.js';
+import { startIngestServer, type IngestServer } from './support/ingestServer.js';
 
 const FIXTURES = 'test/fixtures/fasten';
 type Json = Record<string, any>;
@@ -171,6 +172,49 @@ describe('hx fasten', () => {
     expect(bundle.entry.map((e: Json) => e.request.url)).toEqual(['Observation/o2', 'Condition/c9', 'Observation/o1', 'Patient/p1']);
   });
 
+  it('agrees with a naive in-memory resolver on a generated multi-chunk export, gzipped', async () => {
+    let seed = 5;
+    const rand = (n: number) => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) % n);
+    const types = ['Patient', 'Observation', 'Condition'];
+    const providers = [0, 1, 2].map((p) => {
+      const fhir: Record<string, Json[]> = {};
+      for (const type of types) {
+        fhir[type] = Array.from({ length: 700 }, (_, i) => {
+          const actual = rand(50) === 0 ? types[(types.indexOf(type) + 1) % 3]! : type;
+          const r: Json = { resourceType: actual, id: `${actual[0]}${rand(900)}`, note: [{ text: `p${p} i${i} \u00e9 "q" ]}` }] };
+          if (rand(5)) r.meta = { lastUpdated: `2024-0${1 + rand(9)}-01T00:00:00Z` };
+          if (rand(40) === 0) delete r.id;
+          return r;
+        });
+      }
+      return { name: `Provider ${p}`, fhir };
+    });
+    const doc = { providers };
+    // The rule, the slow way: every resource in order, greater lastUpdated wins, a tie goes to the later.
+    const best = new Map<string, { r: Json; order: number }>();
+    let order = 0;
+    for (const provider of providers) for (const list of Object.values(provider.fhir)) for (const r of list) {
+      order++;
+      if (!r.id) continue;
+      const key = `${r.resourceType}/${r.id}`;
+      const known = best.get(key);
+      if (!known || (r.meta?.lastUpdated ?? '') >= (known.r.meta?.lastUpdated ?? '')) best.set(key, { r, order });
+    }
+    const want = [...best.values()].sort((a, b) => a.order - b.order).map((x) => x.r);
+    const dir = tempDir();
+    const file = join(dir, 'export.json.gz');
+    writeFileSync(file, gzipSync(JSON.stringify(doc, null, 2)));
+    const report = join(dir, 'r.json');
+    const r = await hx(['fasten', file, '--report', report]);
+    expect(r.code).toBe(0);
+    expect(parseNdjson(r.stdout)).toEqual(want);
+    const account = JSON.parse(readFileSync(report, 'utf8'));
+    expect(account.balanced).toBe(true);
+    expect(account.stages.fasten.kept).toBe(want.length);
+    expect(account.stages.fasten.misfiled).toBeGreaterThan(10);
+    expect(r.stderr).toContain('more misfiled resources: only their count is reported');
+  });
+
   it('merges several files with one collision index across them', async () => {
     const dir = tempDir();
     const newer = join(dir, 'newer.ndjson');
@@ -199,5 +243,29 @@ describe('hx fasten', () => {
     const cut = await hx(['fasten', bad]);
     expect(cut.code).toBe(1);
     expect(cut.stderr).toContain('truncated');
+  });
+});
+
+const servers: IngestServer[] = [];
+afterEach(async () => {
+  while (servers.length) await servers.pop()!.close();
+});
+
+describe('hx fasten --url', () => {
+  it('downloads a Fasten Connect file (no credentials to a non-Fasten host) and converts it', async () => {
+    const ndjson = readFileSync('test/fixtures/fasten/connect.ndjson');
+    const s = await startIngestServer({ downloads: { 'export.ndjson': ndjson } });
+    servers.push(s);
+    const r = await hx(['fasten', '--url', `${s.origin}/download/export.ndjson?signature=abc123secret`, '--all-types', '-v'], {
+      env: { FASTEN_PUBLIC_KEY: 'public_test_k', FASTEN_PRIVATE_KEY: 'private_test_k' },
+    });
+    expect(r.code).toBe(0);
+    expect(r.stdout.toString().trim().split('\n')).toHaveLength(3);
+    expect(s.requests[0]!.headers.authorization).toBeUndefined();
+    expect(r.stderr).toContain('hx: not sending the Fasten keys to http://127.0.0.1');
+    expect(r.stderr).not.toContain('abc123secret');
+    const missing = await hx(['fasten', '--url', `${s.origin}/download/nope.ndjson`]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain('HTTP 404');
   });
 });

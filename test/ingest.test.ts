@@ -322,21 +322,3 @@ describe('hx import', () => {
     expect(s.requests.length).toBe(2);
   });
 });
-
-describe('hx fasten --url', () => {
-  it('downloads a Fasten Connect file (no credentials to a non-Fasten host) and converts it', async () => {
-    const ndjson = readFileSync('test/fixtures/fasten/connect.ndjson');
-    const s = await server({ downloads: { 'export.ndjson': ndjson } });
-    const r = await hx(['fasten', '--url', `${s.origin}/download/export.ndjson?signature=abc123secret`, '--all-types', '-v'], {
-      env: { FASTEN_PUBLIC_KEY: 'public_test_k', FASTEN_PRIVATE_KEY: 'private_test_k' },
-    });
-    expect(r.code).toBe(0);
-    expect(r.stdout.toString().trim().split('\n')).toHaveLength(3);
-    expect(s.requests[0]!.headers.authorization).toBeUndefined();
-    expect(r.stderr).toContain('hx: not sending the Fasten keys to http://127.0.0.1');
-    expect(r.stderr).not.toContain('abc123secret');
-    const missing = await hx(['fasten', '--url', `${s.origin}/download/nope.ndjson`]);
-    expect(missing.code).toBe(1);
-    expect(missing.stderr).toContain('HTTP 404');
-  });
-});
