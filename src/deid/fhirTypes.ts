@@ -31,12 +31,18 @@ export const ALLOWED_EXTENSIONS: ReadonlySet<string> = new Set([
   'https://healthclaw.example.org/fhir/StructureDefinition/curatr-pretag',
 ]);
 
-/** HL7 security labels (v3 SecurityAlterationIntegrityObservationValue) for what was done. */
+/**
+ * HL7 security labels (v3 SecurityAlterationIntegrityObservationValue) for
+ * what was done: REDACTED (removed), ABSTRED (dates, ZIPs, ages
+ * generalised or shifted), PSEUDED (ids pseudonymised). Without `display`
+ * ("redacted", "abstracted", "pseudonymized"): the codes say it, and three
+ * displays on every resource cost more output than the rest of the labels.
+ */
 export const SECURITY_SYSTEM = 'http://terminology.hl7.org/CodeSystem/v3-ObservationValue';
 export const SECURITY_LABELS = deepFreeze({
-  REDACTED: { system: SECURITY_SYSTEM, code: 'REDACTED', display: 'redacted' },
-  ABSTRED: { system: SECURITY_SYSTEM, code: 'ABSTRED', display: 'abstracted' },
-  PSEUDED: { system: SECURITY_SYSTEM, code: 'PSEUDED', display: 'pseudonymized' },
+  REDACTED: { system: SECURITY_SYSTEM, code: 'REDACTED' },
+  ABSTRED: { system: SECURITY_SYSTEM, code: 'ABSTRED' },
+  PSEUDED: { system: SECURITY_SYSTEM, code: 'PSEUDED' },
 } as const);
 
 /** Resource types whose references lose `display` in the export profile (it is a person's name). */
@@ -113,50 +119,95 @@ export function isCodeableConceptLike(obj: Json): boolean {
   return true;
 }
 
-const ATTACHMENT_KEYS: ReadonlySet<string> = new Set([
-  'contentType', 'language', 'data', 'url', 'size', 'hash', 'title', 'creation', 'id', 'extension',
+/**
+ * Shapes: a data type met under an element name that does not tell it
+ * (`valueHumanName`, `locationAddress`, an Attachment in `content` …) is
+ * recognised from its keys. One pass over the keys with one Map lookup
+ * each gives both which telling keys are present and whether every key
+ * belongs to a type: cheaper than probing each type's keys on objects of
+ * hundreds of different shapes.
+ */
+export const enum Shape {
+  // keys that are present (any of them)
+  NameCore = 1 << 0, // family, given
+  AddressCore = 1 << 1, // line, city, postalCode, district
+  AttachmentCore = 1 << 2, // data, url, contentType
+  Value = 1 << 3,
+  System = 1 << 4,
+  Code = 1 << 5,
+  Unit = 1 << 6,
+  TypeOrAssigner = 1 << 7,
+  ResourceType = 1 << 8,
+  // every key belongs to the type
+  AllName = 1 << 16,
+  AllAddress = 1 << 17,
+  AllAttachment = 1 << 18,
+}
+
+const MEMBER_BITS = Shape.AllName | Shape.AllAddress | Shape.AllAttachment;
+const SHAPE_KEYS = new Map<string, number>();
+function shapeKeys(bits: number, keys: string[]): void {
+  for (const key of keys) SHAPE_KEYS.set(key, (SHAPE_KEYS.get(key) ?? 0) | bits);
+}
+shapeKeys(Shape.NameCore, ['family', 'given']);
+shapeKeys(Shape.AddressCore, ['line', 'city', 'postalCode', 'district']);
+shapeKeys(Shape.AttachmentCore, ['data', 'url', 'contentType']);
+shapeKeys(Shape.Value, ['value']);
+shapeKeys(Shape.System, ['system']);
+shapeKeys(Shape.Code, ['code']);
+shapeKeys(Shape.Unit, ['unit']);
+shapeKeys(Shape.TypeOrAssigner, ['type', 'assigner']);
+shapeKeys(Shape.ResourceType, ['resourceType']);
+const COMMON = ['id', 'extension'];
+shapeKeys(Shape.AllName, [...COMMON, 'use', 'text', 'family', 'given', 'prefix', 'suffix', 'period', '_family', '_given', '_text', '_prefix', '_suffix']);
+shapeKeys(Shape.AllAddress, [
+  ...COMMON, 'use', 'type', 'text', 'line', 'city', 'district', 'state', 'postalCode', 'country', 'period',
+  '_text', '_line', '_city', '_district', '_state', '_postalCode', '_country',
+]);
+shapeKeys(Shape.AllAttachment, [
+  ...COMMON, 'contentType', 'language', 'data', 'url', 'size', 'hash', 'title', 'creation',
   '_contentType', '_language', '_data', '_url', '_size', '_hash', '_title', '_creation',
 ]);
 
-/** An Attachment: `data` or `url` (or `contentType`) and nothing an Attachment does not have. */
-export function isAttachmentLike(obj: Json): boolean {
-  if (obj.data === undefined && obj.url === undefined && obj.contentType === undefined) return false;
-  if (obj.resourceType !== undefined) return false;
-  for (const key in obj) if (!ATTACHMENT_KEYS.has(key)) return false;
-  return true;
+/** The Shape bits of `obj`. */
+export function shapeOf(obj: Json): number {
+  let present = 0;
+  let all = MEMBER_BITS;
+  for (const key in obj) {
+    const bits = SHAPE_KEYS.get(key) ?? 0;
+    present |= bits;
+    all &= bits;
+  }
+  return (present & ~MEMBER_BITS) | all;
 }
 
-const HUMAN_NAME_KEYS: ReadonlySet<string> = new Set(['use', 'text', 'family', 'given', 'prefix', 'suffix', 'period', 'id', 'extension', '_family', '_given', '_text', '_prefix', '_suffix']);
-const ADDRESS_KEYS: ReadonlySet<string> = new Set([
-  'use', 'type', 'text', 'line', 'city', 'district', 'state', 'postalCode', 'country', 'period', 'id', 'extension',
-  '_text', '_line', '_city', '_district', '_state', '_postalCode', '_country',
-]);
 const CONTACT_POINT_SYSTEMS: ReadonlySet<string> = new Set(['phone', 'fax', 'email', 'pager', 'url', 'sms', 'other']);
 
-/** Every key of `obj` is in `allowed`. */
-function only(obj: Json, allowed: ReadonlySet<string>): boolean {
-  for (const key in obj) if (!allowed.has(key)) return false;
-  return true;
+export function isAttachmentShape(shape: number): boolean {
+  return (shape & Shape.AttachmentCore) !== 0 && (shape & Shape.AllAttachment) !== 0;
 }
 
-/** A HumanName met under a name that does not say so (`valueHumanName`, say). */
-export function isHumanNameLike(obj: Json): boolean {
-  return (obj.family !== undefined || obj.given !== undefined) && only(obj, HUMAN_NAME_KEYS);
+export function isHumanNameShape(shape: number): boolean {
+  return (shape & Shape.NameCore) !== 0 && (shape & Shape.AllName) !== 0;
 }
 
-/** An Address met under another name (`locationAddress`, `valueAddress` …). */
-export function isAddressLike(obj: Json): boolean {
-  return (obj.line !== undefined || obj.city !== undefined || obj.postalCode !== undefined || obj.district !== undefined) && only(obj, ADDRESS_KEYS);
+export function isAddressShape(shape: number): boolean {
+  return (shape & Shape.AddressCore) !== 0 && (shape & Shape.AllAddress) !== 0;
 }
 
-/** A ContactPoint met under another name (`valueContactPoint` …). */
-export function isContactPointLike(obj: Json): boolean {
-  return typeof obj.value === 'string' && CONTACT_POINT_SYSTEMS.has(obj.system as string);
+/** A ContactPoint: a string value and a contact-point system. */
+export function isContactPoint(obj: Json, shape: number): boolean {
+  return (shape & (Shape.Value | Shape.System)) === (Shape.Value | Shape.System) && typeof obj.value === 'string' && CONTACT_POINT_SYSTEMS.has(obj.system as string);
 }
 
-/** An Identifier met under another name: a string `value` with a system, type or assigner, and no code. */
-export function isIdentifierLike(obj: Json): boolean {
-  return typeof obj.value === 'string' && obj.code === undefined && (obj.system !== undefined || obj.type !== undefined || obj.assigner !== undefined);
+/** An Identifier: a string `value` with a system, type or assigner, and no code. */
+export function isIdentifier(obj: Json, shape: number): boolean {
+  return (shape & Shape.Value) !== 0 && (shape & Shape.Code) === 0 && (shape & (Shape.System | Shape.TypeOrAssigner)) !== 0 && typeof obj.value === 'string';
+}
+
+/** Worth asking quantityYears: a value with a code or unit. */
+export function mayBeQuantity(shape: number): boolean {
+  return (shape & Shape.Value) !== 0 && (shape & (Shape.Code | Shape.Unit)) !== 0;
 }
 
 /** Years per unit of a time Quantity (UCUM code, or a common spelling in `unit`). */

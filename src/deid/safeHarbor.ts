@@ -14,11 +14,14 @@ import {
   MASKED,
   MASKED_LIST,
   SECURITY_LABELS,
-  isAddressLike,
-  isAttachmentLike,
-  isContactPointLike,
-  isHumanNameLike,
-  isIdentifierLike,
+  isAddressShape,
+  isAttachmentShape,
+  isContactPoint,
+  isHumanNameShape,
+  isIdentifier,
+  mayBeQuantity,
+  shapeOf,
+  Shape,
   isCodeableConceptLike,
   isCodingLike,
   stringKind,
@@ -175,22 +178,24 @@ export class SafeHarbor {
     return this.objectValue(key, value as Json);
   }
 
-  /** An object met as a member (or an array item): a resource, an Attachment, an age, or plain. */
+  /** An object met as a member (or an array item): a resource, a data type told by its shape, or plain. */
   private objectValue(key: string, obj: Json): unknown {
-    if (typeof obj.resourceType === 'string') {
+    const shape = shapeOf(obj);
+    if (shape & Shape.ResourceType && typeof obj.resourceType === 'string') {
       this.path.push(key);
       const out = this.root(obj, false);
       this.path.pop();
       return out;
     }
-    // Data types recognised by shape when their element name does not tell.
-    if (isAttachmentLike(obj)) return this.descend(key, obj, Kind.Attachment);
-    if (isHumanNameLike(obj)) return this.maskElement(key, 'HumanName');
-    if (isContactPointLike(obj)) return this.maskElement(key, 'ContactPoint');
-    if (isAddressLike(obj)) return this.descend(key, obj, Kind.Address);
-    if (isIdentifierLike(obj)) return this.descend(key, obj, Kind.Identifier);
-    const years = quantityYears(obj);
-    if (years !== undefined && years >= 90) return this.capAge(key, obj);
+    if (isAttachmentShape(shape)) return this.descend(key, obj, Kind.Attachment);
+    if (isHumanNameShape(shape)) return this.maskElement(key, 'HumanName');
+    if (isContactPoint(obj, shape)) return this.maskElement(key, 'ContactPoint');
+    if (isAddressShape(shape)) return this.descend(key, obj, Kind.Address);
+    if (isIdentifier(obj, shape)) return this.descend(key, obj, Kind.Identifier);
+    if (mayBeQuantity(shape)) {
+      const years = quantityYears(obj);
+      if (years !== undefined && years >= 90) return this.capAge(key, obj);
+    }
     return this.descend(key, obj, Kind.Plain);
   }
 
@@ -427,7 +432,7 @@ function copyBefore(obj: Json, stop: string): Json {
 function withSecurityLabels(res: Json, hits: number): Json {
   const meta = (res.meta !== null && typeof res.meta === 'object' ? res.meta : {}) as Json;
   const security = Array.isArray(meta.security) ? [...meta.security] : [];
-  const add = (bit: number, label: Readonly<{ system: string; code: string; display: string }>) => {
+  const add = (bit: number, label: Readonly<{ system: string; code: string }>) => {
     if (!(hits & bit)) return;
     if (security.some((s) => (s as Json)?.system === label.system && (s as Json)?.code === label.code)) return;
     security.push(label); // shared and frozen, as the masks
