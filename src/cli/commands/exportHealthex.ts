@@ -64,12 +64,14 @@ export const exportHealthexCommand: CommandModule<object, ExportArgs> = {
     const base = trimBase(argv['base-url']);
     if (!URL.canParse(base)) throw new UsageError('--base-url must be an http(s) URL');
     const secret = argv['step-up-secret'] ?? process.env.STEP_UP_SECRET ?? '';
-    // Checked before the export, so a missing secret never costs a whole export first.
-    const importSettings = argv.import
-      ? postSettings({ ...argv, 'base-url': argv['import-base-url'] ?? base, 'dry-run': false }, 'ingest', argv['import-tenant'] ?? tenant)
-      : undefined;
     const output = argv.output ?? `exports/healthex-${localDate()}.json`;
     const toStdout = output === '-';
+    if (argv.import && toStdout && !argv['dry-run']) throw new UsageError('--import reads the written file: give --output a file, not -');
+    // Checked before the export, so a missing secret never costs a whole export first. A dry run imports nothing.
+    const importSettings =
+      argv.import && !argv['dry-run']
+        ? postSettings({ ...argv, 'base-url': argv['import-base-url'] ?? base, 'dry-run': false }, 'ingest', argv['import-tenant'] ?? tenant)
+        : undefined;
     const say = (text: string) => (toStdout ? process.stderr : process.stdout).write(text);
 
     say(`Exporting tenant '${tenant}' from ${base}\nResource types: ${types.join(', ')}\n\n`);
