@@ -322,6 +322,20 @@ describe('resume, status, cancel', () => {
     expect(run.stderr).toContain('The export was not found');
   });
 
+  it('a reader that stops early (| head) ends the run quietly with exit 0', async () => {
+    const files: FileSpec[] = [0, 1, 2, 3].map((i) => ({ name: `o${i}`, type: 'Observation', generate: { from: i * 20_000, n: 20_000, pad: 500 } }));
+    const s = await serve({ files });
+    const child = spawn(process.execPath, [HX, 'bulk', 'export', '--base-url', s.base], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (c) => (stderr += c));
+    child.stdout.once('data', () => child.stdout.destroy());
+    const code = await new Promise((r) => child.once('close', r));
+    expect(stderr).not.toContain('internal error');
+    expect(code).toBe(0);
+    // A pipe cannot resume, so the export is released on the server as with Ctrl-C.
+    expect(s.requests.filter((r) => r.method === 'DELETE')).toHaveLength(1);
+  });
+
   it('Ctrl-C while the export runs sends DELETE to the status URL', async () => {
     const s = await serve({ files: basicFiles(), polls: 1000, retryAfter: '1' });
     const child = spawn(process.execPath, [HX, 'bulk', 'export', '--base-url', s.base], { stdio: ['ignore', 'ignore', 'pipe'] });

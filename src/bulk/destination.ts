@@ -205,8 +205,19 @@ function forwarder(out: NodeJS.WritableStream, map: (chunk: Buffer) => Buffer | 
         return done(err as Error);
       }
       if (!piece || piece.length === 0) return done();
-      if (out.write(piece)) done();
-      else out.once('drain', () => done());
+      if (out.write(piece)) return done();
+      // Wait for room, unless the reader goes away first (`| head`): then fail instead of waiting forever.
+      const settle = (err?: Error) => {
+        out.off('drain', onDrain);
+        out.off('error', settle);
+        out.off('close', onClose);
+        done(err);
+      };
+      const onDrain = () => settle();
+      const onClose = () => settle(new HxError('stdout was closed'));
+      out.once('drain', onDrain);
+      out.once('error', settle);
+      out.once('close', onClose);
     },
   });
 }

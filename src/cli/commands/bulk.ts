@@ -228,6 +228,14 @@ async function withSession(argv: DownloadArgs, origin: string | undefined, flow:
     controller.abort();
   };
   process.on('SIGINT', onSigint);
+  // `hx bulk export | head`: the reader has what it wanted; stop the downloads (as Ctrl-C does) and exit quietly.
+  let stdoutClosed = false;
+  const onStdoutError = (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+    stdoutClosed = true;
+    controller.abort();
+  };
+  if (!argv.dir) process.stdout.on('error', onStdoutError);
   const account = new BulkAccount();
   const session: BulkSession = {
     client,
@@ -249,13 +257,14 @@ async function withSession(argv: DownloadArgs, origin: string | undefined, flow:
     await flow(session);
   } catch (err) {
     failure = err as Error;
-    throw err;
+    if (!stdoutClosed) throw err;
   } finally {
     process.off('SIGINT', onSigint);
+    process.stdout.off('error', onStdoutError);
     account.tokensIssued = smart?.tokensIssued ?? 0;
     account.requests = client.stats.requests;
     account.retries = client.stats.retries;
-    if (account.filesDownloaded + account.filesResumed > 0 || !failure) log(account.summary());
+    if (!stdoutClosed && (account.filesDownloaded + account.filesResumed > 0 || !failure)) log(account.summary());
     if (argv.report) {
       const failed = failure ? { failed: failure instanceof HxError ? failure.message : 'internal error' } : {};
       writeFileSync(argv.report, JSON.stringify({ ...account.toJSON(), ...failed }, null, 2) + '\n');
