@@ -217,7 +217,7 @@ async function connect(argv: ConnectionArgs, origin: string | undefined, log?: (
 
 /** Builds the session, runs `flow` with Ctrl-C wired to cancel, prints and writes the account. */
 async function withSession(argv: DownloadArgs, origin: string | undefined, flow: (session: BulkSession) => Promise<BulkAccount>): Promise<void> {
-  if (!(argv.concurrency >= 1)) throw new UsageError('--concurrency must be at least 1');
+  if (!Number.isInteger(argv.concurrency) || argv.concurrency < 1) throw new UsageError('--concurrency must be a whole number, at least 1');
   const log = (m: string) => process.stderr.write(`hx: bulk: ${m}\n`);
   const { client, auth, smart } = await connect(argv, origin, argv.verbose ? log : undefined);
   const controller = new AbortController();
