@@ -87,10 +87,8 @@ export interface IngestRequest {
   status?: number;
 }
 
-export interface IngestServer {
-  /** FHIR base, e.g. `http://127.0.0.1:41234/r6/fhir`. */
-  base: string;
-  origin: string;
+/** The routes and the state behind them, to serve alone or mounted in another test server. */
+export interface IngestRoutes {
   requests: IngestRequest[];
   /** Most ingest requests in flight at once. */
   maxInFlight: number;
@@ -100,64 +98,66 @@ export interface IngestServer {
   upserts(tenant: string): number;
   /** Runs before each ingest answer (a test kills the client from here). */
   beforeAnswer?: (request: IngestRequest) => void | Promise<void>;
+  /** Answers `req` when its path is one of these routes; resolves false (untouched) otherwise. */
+  handle(req: IncomingMessage, res: ServerResponse): Promise<boolean>;
+}
+
+export interface IngestServer extends IngestRoutes {
+  /** FHIR base, e.g. `http://127.0.0.1:41234/r6/fhir`. */
+  base: string;
+  origin: string;
   close(): Promise<void>;
 }
 
-export async function startIngestServer(options: IngestServerOptions = {}): Promise<IngestServer> {
+/**
+ * The routes: `POST {basePath}/Bundle/$ingest-context`, `POST {basePath}`
+ * (transaction) and `GET /download/{name}`. To mount them in another
+ * server, call `handle(req, res)` first and go on when it resolves false.
+ */
+export function ingestRoutes(options: IngestServerOptions = {}, basePath = '/r6/fhir'): IngestRoutes {
   const maxBody = options.maxBodyBytes ?? MAX_BODY_BYTES;
   const faults = (options.faults ?? []).map((rule) => ({ ...rule, seen: 0, left: rule.times ?? 1 }));
   const tenants = new Map<string, Map<string, Record<string, unknown>>>();
   const upsertCounts = new Map<string, number>();
-  const sockets = new Set<Socket>();
   const window: number[] = [];
   let inFlight = 0;
-  let origin = '';
-  const api: IngestServer = {
-    base: '',
-    origin: '',
+  const routes: IngestRoutes = {
     requests: [],
     maxInFlight: 0,
     stored: (tenant) => tenants.get(tenant) ?? new Map(),
     upserts: (tenant) => upsertCounts.get(tenant) ?? 0,
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const socket of sockets) socket.destroy();
-        server.close(() => resolve());
-      }),
+    async handle(req, res) {
+      const url = new URL(req.url ?? '/', 'http://localhost');
+      const path = url.pathname;
+      const isDownload = req.method === 'GET' && path.startsWith('/download/');
+      const ingest = path === `${basePath}/Bundle/$ingest-context`;
+      const transaction = path === basePath || path === `${basePath}/`;
+      if (!isDownload && !(req.method === 'POST' && (ingest || transaction))) return false;
+      const logged: IngestRequest = { method: req.method ?? 'GET', path, headers: req.headers, bodyBytes: 0 };
+      routes.requests.push(logged);
+      const original = res.writeHead.bind(res);
+      res.writeHead = ((status: number, ...rest: unknown[]) => {
+        logged.status = status;
+        return (original as (...a: unknown[]) => ServerResponse)(status, ...rest);
+      }) as typeof res.writeHead;
+      try {
+        if (isDownload) download(req, res, url);
+        else {
+          inFlight++;
+          routes.maxInFlight = Math.max(routes.maxInFlight, inFlight);
+          try {
+            await answer(req, res, url, logged, ingest);
+          } finally {
+            inFlight--;
+          }
+        }
+      } catch (err) {
+        if (!res.headersSent) outcome(res, 500, 'exception', String(err));
+        else res.destroy();
+      }
+      return true;
+    },
   };
-
-  const server = createServer((req, res) => {
-    const url = new URL(req.url ?? '/', origin);
-    const logged: IngestRequest = { method: req.method ?? 'GET', path: url.pathname, headers: req.headers, bodyBytes: 0 };
-    api.requests.push(logged);
-    const original = res.writeHead.bind(res);
-    res.writeHead = ((status: number, ...rest: unknown[]) => {
-      logged.status = status;
-      return (original as (...a: unknown[]) => ServerResponse)(status, ...rest);
-    }) as typeof res.writeHead;
-    handle(req, res, url, logged).catch((err) => {
-      if (!res.headersSent) outcome(res, 500, 'exception', String(err));
-      else res.destroy();
-    });
-  });
-  server.on('connection', (socket) => {
-    sockets.add(socket);
-    socket.on('close', () => sockets.delete(socket));
-  });
-
-  async function handle(req: IncomingMessage, res: ServerResponse, url: URL, logged: IngestRequest): Promise<void> {
-    if (req.method === 'GET' && url.pathname.startsWith('/download/')) return download(req, res, url);
-    const ingest = url.pathname === '/r6/fhir/Bundle/$ingest-context';
-    const transaction = url.pathname === '/r6/fhir' || url.pathname === '/r6/fhir/';
-    if (req.method !== 'POST' || !(ingest || transaction)) return outcome(res, 404, 'not-found', 'Unknown path');
-    inFlight++;
-    api.maxInFlight = Math.max(api.maxInFlight, inFlight);
-    try {
-      await answer(req, res, url, logged, ingest);
-    } finally {
-      inFlight--;
-    }
-  }
 
   async function answer(req: IncomingMessage, res: ServerResponse, url: URL, logged: IngestRequest, ingest: boolean): Promise<void> {
     if (options.rateLimit && limited(options.rateLimit)) {
@@ -199,7 +199,7 @@ export async function startIngestServer(options: IngestServerOptions = {}): Prom
     logged.entries = entries.length;
     if (entries.length === 0) return outcome(res, 400, 'invalid', 'Bundle contains no entries');
     if (options.maxEntries !== undefined && entries.length > options.maxEntries) return tooLarge(res);
-    await api.beforeAnswer?.(logged);
+    await routes.beforeAnswer?.(logged);
     if (options.latencyMs) await new Promise((resolve) => setTimeout(resolve, options.latencyMs));
     if (res.destroyed) return;
     const store = tenants.get(tenant) ?? new Map<string, Record<string, unknown>>();
@@ -271,12 +271,35 @@ export async function startIngestServer(options: IngestServerOptions = {}): Prom
     return false;
   }
 
+  return routes;
+}
+
+/** The routes alone on an ephemeral loopback port. */
+export async function startIngestServer(options: IngestServerOptions = {}): Promise<IngestServer> {
+  const routes = ingestRoutes(options);
+  const sockets = new Set<Socket>();
+  const server = createServer((req, res) => {
+    void routes.handle(req, res).then((handled) => {
+      if (!handled) outcome(res, 404, 'not-found', 'Unknown path');
+    });
+  });
+  server.on('connection', (socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+  });
   await new Promise<void>((resolve) => server.listen(options.port ?? 0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;
-  origin = `http://127.0.0.1:${port}`;
-  api.origin = origin;
-  api.base = `${origin}/r6/fhir`;
-  return api;
+  const origin = `http://127.0.0.1:${port}`;
+  // The routes object itself, so tests can set `beforeAnswer` on it.
+  return Object.assign(routes, {
+    origin,
+    base: `${origin}/r6/fhir`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  });
 }
 
 /** The server's check of a write token (contract, "Step-up tokens"), written independently of hx's minting. */
