@@ -115,7 +115,7 @@ describe('SMART Backend Services', () => {
     expect(run.stderr).not.toContain(secret);
     await s.close();
     const t = await serve({ redirectFiles: true, requiresAccessToken: true });
-    run = await hx(['bulk', 'export', '--base-url', t.base, '--bearer', secret, '-v', ...FAST]);
+    run = await hx(['bulk', 'export', '--base-url', t.base, '-v', ...FAST], { env: { HX_BEARER_TOKEN: secret } });
     expect(run.code).toBe(0);
     expect(parseNdjson(run.stdout)).toHaveLength(450);
     const redirects = t.requests.filter((r) => r.url.startsWith('/fhir/redirect-files/'));

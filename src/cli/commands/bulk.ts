@@ -53,7 +53,7 @@ interface ExportArgs extends DownloadArgs {
 function withConnection<T>(yargs: Argv<T>): Argv<T & ConnectionArgs> {
   return yargs
     .option('base-url', { describe: 'FHIR base URL of the server (for SMART discovery and the kick-off)', type: 'string', requiresArg: true })
-    .option('bearer', { describe: 'Send this access token (an open server needs none)', type: 'string', requiresArg: true })
+    .option('bearer', { describe: 'Send this access token (default: $HX_BEARER_TOKEN; an open server needs none)', type: 'string', requiresArg: true })
     .option('client-id', { describe: 'SMART Backend Services client id (with --private-key)', type: 'string', requiresArg: true })
     .option('private-key', { describe: 'Private key FILE: JWK, JWKS (RS384/ES384) or PEM, to sign the client assertion', type: 'string', requiresArg: true })
     .option('kid', { describe: 'Key id for the assertion (default: the JWK kid, or the PEM key thumbprint)', type: 'string', requiresArg: true })
@@ -194,7 +194,9 @@ export const bulkCommand: CommandModule<object, object> = {
 
 async function connect(argv: ConnectionArgs, origin: string | undefined, log?: (m: string) => void): Promise<{ client: HttpClient; auth: Auth; smart?: SmartAuth }> {
   const redactor = new Redactor();
-  if (argv.bearer && argv['client-id']) throw new UsageError('use either --bearer or --client-id with --private-key, not both');
+  // The environment keeps the token out of `ps` and shell history.
+  const bearer = argv.bearer ?? (process.env.HX_BEARER_TOKEN || undefined);
+  if (bearer && argv['client-id']) throw new UsageError('use either --bearer or --client-id with --private-key, not both');
   if (Boolean(argv['client-id']) !== Boolean(argv['private-key'])) throw new UsageError('--client-id and --private-key go together');
   let auth: Auth = noAuth;
   let smart: SmartAuth | undefined;
@@ -206,7 +208,7 @@ async function connect(argv: ConnectionArgs, origin: string | undefined, log?: (
     headers: { 'user-agent': 'hx-bulk' },
     onRetry: log ? (n) => log(`${n.reason}; retry ${n.attempt} in ${(n.delayMs / 1000).toFixed(1)} s`) : undefined,
   });
-  if (argv.bearer) auth = bearerAuth(argv.bearer, redactor);
+  if (bearer) auth = bearerAuth(bearer, redactor);
   else if (argv['client-id']) {
     if (!argv['base-url'] && !argv['token-url']) throw new UsageError('SMART Backend Services needs --base-url (for discovery) or --token-url');
     const key = await loadSigningKey(argv['private-key']!, argv.kid);
