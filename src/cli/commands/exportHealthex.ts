@@ -50,6 +50,8 @@ export const exportHealthexCommand: CommandModule<object, ExportArgs> = {
       .option('import-base-url', { describe: 'Server to import into [default: --base-url]', type: 'string', requiresArg: true })
       .option('deidentify', { describe: 'De-identify Patients (--no-deidentify skips it)', type: 'boolean', default: true })
       .option('pretag', { describe: 'Add Curatr pre-tags (--no-pretag skips it)', type: 'boolean', default: true })
+      .option('dry-run', { describe: 'Print the counts only: no file written, nothing imported', type: 'boolean', default: false })
+      .option('concurrency', { describe: 'Types fetched at once (output keeps type order), and Bundles posted at once with --import', type: 'number', default: 2 })
       .option('pretty', { describe: 'Indent the file like the Python script (json.dump indent=2): larger and slower', type: 'boolean', default: false })
       .option('temp-dir', { describe: 'Folder for the spool of smoking-status Observations (default: $TMPDIR)', type: 'string', requiresArg: true })
       .example('hx export-healthex --tenant-id ev-personal', 'all eleven types to exports/healthex-<date>.json')
