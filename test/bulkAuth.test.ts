@@ -42,7 +42,12 @@ function tokensIn(s: BulkServer): string[] {
 describe('SMART Backend Services', () => {
   it('RS384 key from a JWKS: discovery, token, Authorization on every request and on files when required', async () => {
     const rsa = await keyPair('RS384', 'rsa-1');
-    const s = await serve({ smart: { clientId: 'hx-test', jwks: { keys: [rsa.publicJwk] } }, requiresAccessToken: true, polls: 2 });
+    const s = await serve({
+      smart: { clientId: 'hx-test', jwks: { keys: [rsa.publicJwk] } },
+      requiresAccessToken: true,
+      polls: 2,
+      faults: [{ match: /^POST \/auth\/token$/, fault: { kind: 'status', status: 503 } }],
+    });
     const dir = tempDir();
     const keyFile = join(dir, 'key.jwks');
     writeFileSync(keyFile, JSON.stringify({ keys: [rsa.privateJwk] }));
@@ -54,8 +59,11 @@ describe('SMART Backend Services', () => {
     expect(s.tokensIssued).toBe(1);
     const fhirRequests = s.requests.filter((r) => r.url.startsWith('/fhir/') && !r.url.includes('.well-known'));
     expect(fhirRequests.every((r) => r.authorization?.startsWith('Bearer tok-'))).toBe(true);
-    const tokenRequest = new URLSearchParams(s.requests.find((r) => r.url === '/auth/token')!.body);
-    expect(tokenRequest.get('scope')).toBe('system/*.rs');
+    // The token request was retried after the 503, with a fresh assertion (a new jti).
+    const tokenRequests = s.requests.filter((r) => r.url === '/auth/token').map((r) => new URLSearchParams(r.body));
+    expect(tokenRequests).toHaveLength(2);
+    expect(tokenRequests[0].get('client_assertion')).not.toBe(tokenRequests[1].get('client_assertion'));
+    expect(tokenRequests[1].get('scope')).toBe('system/*.rs');
     expect(JSON.parse(readFileSync(report, 'utf8')).tokensIssued).toBe(1);
     for (const token of tokensIn(s)) {
       expect(run.stderr).not.toContain(token);

@@ -157,13 +157,17 @@ export class SmartAuth implements Auth {
   private async obtain(): Promise<void> {
     const { client, clientId, key, scope } = this.options;
     const tokenUrl = (this.tokenUrl ??= await discoverTokenUrl(client, this.options.baseUrl));
-    const assertion = await clientAssertion(clientId, tokenUrl, key);
-    const body = new URLSearchParams({
-      grant_type: 'client_credentials',
-      scope,
-      client_assertion_type: 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer',
-      client_assertion: assertion,
-    }).toString();
+    // A fresh assertion per attempt: a server may refuse a jti it has seen.
+    const body = async () => {
+      const assertion = await clientAssertion(clientId, tokenUrl, key);
+      client.redactor.add(assertion);
+      return new URLSearchParams({
+        grant_type: 'client_credentials',
+        scope,
+        client_assertion_type: 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer',
+        client_assertion: assertion,
+      }).toString();
+    };
     const value = await requestToken(client, tokenUrl, body);
     if (typeof value?.access_token !== 'string' || !value.access_token) throw new HxError('token request: the response has no access_token');
     client.redactor.add(value.access_token);
@@ -190,13 +194,13 @@ export async function discoverTokenUrl(client: HttpClient, baseUrl: string): Pro
  * the token endpoint answers errors as OAuth JSON (`error`,
  * `error_description`), which a user needs to see; 429 and 5xx are retried.
  */
-async function requestToken(client: HttpClient, tokenUrl: string, body: string): Promise<TokenResponse> {
+async function requestToken(client: HttpClient, tokenUrl: string, body: () => Promise<string>): Promise<TokenResponse> {
   return client.retrying('token request', async () => {
     client.stats.requests++;
     const res = await request(tokenUrl, {
       method: 'POST',
       headers: { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' },
-      body,
+      body: await body(),
     });
     const text = await res.body.text();
     if (res.statusCode >= 200 && res.statusCode < 300) {
