@@ -79,7 +79,7 @@ export interface PseudonymizerOptions {
   idMode?: IdMode;
   /**
    * Entries per cache generation (see TwoGenerationCache); default 4096, so
-   * at most 8192 ids and 8192 references (about 3 MB) are remembered: enough for the
+   * at most 8192 references (about 1.5 MB) are remembered: enough for the
    * references of the patients in flight, which is where repeats are.
    */
   cacheSize?: number;
@@ -93,7 +93,6 @@ export class Pseudonymizer {
   private readonly uuidHmac: HmacSha256;
   private readonly dateHmac: HmacSha256;
   private readonly patientHmac: HmacSha256;
-  private readonly ids: TwoGenerationCache<string>;
   private readonly references: TwoGenerationCache<string>;
   private readonly offsets: TwoGenerationCache<number>;
 
@@ -109,7 +108,6 @@ export class Pseudonymizer {
     this.dateHmac = derive('date-shift');
     this.patientHmac = derive('healthclaw-patient');
     const size = options.cacheSize ?? 4096;
-    this.ids = new TwoGenerationCache(size);
     this.references = new TwoGenerationCache(size);
     this.offsets = new TwoGenerationCache(Math.min(size, 4096));
   }
@@ -125,13 +123,8 @@ export class Pseudonymizer {
    * id. ms-compat: 64 lowercase hex characters of HMAC-SHA256(key, id).
    */
   id(original: string): string {
-    // Cached: a resource's id is met again in the references to it that follow (its Observations after an Encounter).
-    let p = this.ids.get(original);
-    if (p === undefined) {
-      p = this.idMode === 'hx' ? this.uuid(original) : hex(this.idHmac.digest(original));
-      this.ids.set(original, p);
-    }
-    return p;
+    // Not cached: a resource's own id is met once. References, which repeat, are cached whole.
+    return this.idMode === 'hx' ? this.uuid(original) : hex(this.idHmac.digest(original));
   }
 
   /** The UUID pseudonym of `original` (the part after `urn:uuid:`, or an id in hx mode). */
