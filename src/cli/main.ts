@@ -2,12 +2,13 @@
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { HxError } from '../errors.js';
-import { commands } from './commands/index.js';
+import { loadCommands } from './commands/index.js';
 
-const cli = yargs(hideBin(process.argv))
+const args = hideBin(process.argv);
+const cli = yargs(args)
   .scriptName('hx')
   .usage('$0 <command> [options]\n\nStreaming FHIR transforms in constant memory. Logs and progress go to stderr.')
-  .command(commands as never)
+  .command((await loadCommands(args)) as never)
   .demandCommand(1, 'Name a command; `hx --help` lists them.')
   .strict()
   .recommendCommands()
