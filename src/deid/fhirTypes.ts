@@ -108,15 +108,14 @@ export function isIdentifierKey(key: string): boolean {
 
 type Json = Record<string, unknown>;
 
-/** A Coding (or something with a code): its `display` names the code and is kept. */
-export function isCodingLike(obj: Json): boolean {
-  return (obj.code !== undefined || obj.system !== undefined) && obj.reference === undefined;
+/** A Coding (or something with a code, not a Reference): its `display` names the code and is kept. */
+export function isCodingShape(shape: number): boolean {
+  return (shape & (Shape.Code | Shape.System)) !== 0 && (shape & Shape.Reference) === 0;
 }
 
-/** A CodeableConcept: only `coding`, `text`, `id`, `extension`; its `text` names the concept and is kept. */
-export function isCodeableConceptLike(obj: Json): boolean {
-  for (const key in obj) if (key !== 'coding' && key !== 'text' && key !== 'id' && key !== 'extension' && key !== '_text') return false;
-  return true;
+/** A CodeableConcept (only `coding`, `text`, `id`, `extension`): its `text` names the concept and is kept. */
+export function isCodeableConceptShape(shape: number): boolean {
+  return (shape & Shape.AllCodeableConcept) !== 0;
 }
 
 /**
@@ -138,13 +137,15 @@ export const enum Shape {
   Unit = 1 << 6,
   TypeOrAssigner = 1 << 7,
   ResourceType = 1 << 8,
+  Reference = 1 << 9,
   // every key belongs to the type
   AllName = 1 << 16,
   AllAddress = 1 << 17,
   AllAttachment = 1 << 18,
+  AllCodeableConcept = 1 << 19,
 }
 
-const MEMBER_BITS = Shape.AllName | Shape.AllAddress | Shape.AllAttachment;
+const MEMBER_BITS = Shape.AllName | Shape.AllAddress | Shape.AllAttachment | Shape.AllCodeableConcept;
 const SHAPE_KEYS = new Map<string, number>();
 function shapeKeys(bits: number, keys: string[]): void {
   for (const key of keys) SHAPE_KEYS.set(key, (SHAPE_KEYS.get(key) ?? 0) | bits);
@@ -158,12 +159,14 @@ shapeKeys(Shape.Code, ['code']);
 shapeKeys(Shape.Unit, ['unit']);
 shapeKeys(Shape.TypeOrAssigner, ['type', 'assigner']);
 shapeKeys(Shape.ResourceType, ['resourceType']);
+shapeKeys(Shape.Reference, ['reference']);
 const COMMON = ['id', 'extension'];
 shapeKeys(Shape.AllName, [...COMMON, 'use', 'text', 'family', 'given', 'prefix', 'suffix', 'period', '_family', '_given', '_text', '_prefix', '_suffix']);
 shapeKeys(Shape.AllAddress, [
   ...COMMON, 'use', 'type', 'text', 'line', 'city', 'district', 'state', 'postalCode', 'country', 'period',
   '_text', '_line', '_city', '_district', '_state', '_postalCode', '_country',
 ]);
+shapeKeys(Shape.AllCodeableConcept, [...COMMON, 'coding', 'text', '_text']);
 shapeKeys(Shape.AllAttachment, [
   ...COMMON, 'contentType', 'language', 'data', 'url', 'size', 'hash', 'title', 'creation',
   '_contentType', '_language', '_data', '_url', '_size', '_hash', '_title', '_creation',

@@ -22,8 +22,8 @@ import {
   mayBeQuantity,
   shapeOf,
   Shape,
-  isCodeableConceptLike,
-  isCodingLike,
+  isCodeableConceptShape,
+  isCodingShape,
   stringKind,
   StringKind,
   isIdentifierKey,
@@ -106,7 +106,7 @@ export class SafeHarbor {
       this.offset = this.config.pseudonyms.dayOffset(this.patient, this.config.dateShiftDays);
     }
     this.hits = 0;
-    let out = this.object(res, Kind.Root);
+    let out = this.object(res, Kind.Root, shapeOf(res));
     if (!contained && this.hits !== 0) out = withSecurityLabels(out === res ? { ...res } : out, this.hits);
     this.path.pop();
     this.resourceType = savedType;
@@ -116,13 +116,14 @@ export class SafeHarbor {
     return out;
   }
 
-  private object(obj: Json, kind: Kind): Json {
+  /** `shape`: shapeOf(obj), which tells the members what their parent is. */
+  private object(obj: Json, kind: Kind, shape: number): Json {
     let out: Json | undefined;
     for (const key in obj) {
       const value = obj[key];
       // The extensions of a primitive that was removed go with it.
       if (out !== undefined && key.charCodeAt(0) === 95 && (out[key] === MASKED || out[key] === MASKED_LIST)) continue;
-      const result = this.member(obj, key, value, kind);
+      const result = this.member(shape, key, value, kind);
       if (result === value && out === undefined) continue;
       out ??= copyBefore(obj, key);
       if (result === REMOVE) continue;
@@ -133,7 +134,7 @@ export class SafeHarbor {
     return out ?? obj;
   }
 
-  private member(parent: Json, key: string, value: unknown, kind: Kind): unknown {
+  private member(parent: number, key: string, value: unknown, kind: Kind): unknown {
     if (value === null || typeof value !== 'object') {
       return typeof value === 'string' ? this.string(parent, key, value, kind) : value;
     }
@@ -187,27 +188,27 @@ export class SafeHarbor {
       this.path.pop();
       return out;
     }
-    if (isAttachmentShape(shape)) return this.descend(key, obj, Kind.Attachment);
+    if (isAttachmentShape(shape)) return this.descend(key, obj, Kind.Attachment, shape);
     if (isHumanNameShape(shape)) return this.maskElement(key, 'HumanName');
     if (isContactPoint(obj, shape)) return this.maskElement(key, 'ContactPoint');
-    if (isAddressShape(shape)) return this.descend(key, obj, Kind.Address);
-    if (isIdentifier(obj, shape)) return this.descend(key, obj, Kind.Identifier);
+    if (isAddressShape(shape)) return this.descend(key, obj, Kind.Address, shape);
+    if (isIdentifier(obj, shape)) return this.descend(key, obj, Kind.Identifier, shape);
     if (mayBeQuantity(shape)) {
       const years = quantityYears(obj);
       if (years !== undefined && years >= 90) return this.capAge(key, obj);
     }
-    return this.descend(key, obj, Kind.Plain);
+    return this.descend(key, obj, Kind.Plain, shape);
   }
 
   /** The walked object, or REMOVE when all its members went (an empty element is not valid FHIR). */
-  private descend(key: string, obj: Json, kind: Kind): Json | typeof REMOVE {
+  private descend(key: string, obj: Json, kind: Kind, shape = shapeOf(obj)): Json | typeof REMOVE {
     this.path.push(key);
-    const out = this.object(obj, kind);
+    const out = this.object(obj, kind, shape);
     this.path.pop();
     return out !== obj && isEmpty(out) ? REMOVE : out;
   }
 
-  private array(parent: Json, key: string, arr: unknown[], kind: Kind): unknown {
+  private array(parent: number, key: string, arr: unknown[], kind: Kind): unknown {
     let out: unknown[] | undefined;
     for (let i = 0; i < arr.length; i++) {
       const item = arr[i];
@@ -249,7 +250,7 @@ export class SafeHarbor {
     return out;
   }
 
-  private string(parent: Json, key: string, value: string, kind: Kind): unknown {
+  private string(parent: number, key: string, value: string, kind: Kind): unknown {
     switch (kind) {
       case Kind.Root:
         if (key === 'id') return this.pseudonymise(key, this.config.pseudonyms.id(value), value);
@@ -286,9 +287,9 @@ export class SafeHarbor {
       case 'fullUrl':
         return this.reference(key, value);
       case 'display':
-        return isCodingLike(parent) ? value : this.mask(key, 'Reference.display');
+        return isCodingShape(parent) ? value : this.mask(key, 'Reference.display');
       case 'text':
-        return isCodeableConceptLike(parent) ? value : this.mask(key, 'free text');
+        return isCodeableConceptShape(parent) ? value : this.mask(key, 'free text');
     }
     switch (stringKind(key)) {
       case StringKind.Code:
