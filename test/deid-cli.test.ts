@@ -237,7 +237,7 @@ describe('hx deid', () => {
     expect(explain).toContain('Observation.subject.display\tmasked\t3\n');
     expect(explain).toContain('Patient.address.postalCode\tzip3\t3\n');
     for (const planted of PLANTED) expect(explain.includes(planted)).toBe(false);
-    const toStderr = await hx(['deid', '--profile', 'export', '--explain'], { stdin: corpus(1) });
+    const toStderr = await hx(['deid', '--profile', 'export', '--explain', '-'], { stdin: corpus(1) });
     expect(toStderr.stderr).toContain('Observation.subject.display\tdisplay-removed\t1\n');
   });
 

@@ -50,8 +50,9 @@ export const deidCommand: CommandModule<object, DeidArgs> = {
       })
       .option('zip3-table', { describe: 'Restricted three-digit ZIP prefixes, one a line (default: 2000/2010/2020 census union)', type: 'string', requiresArg: true })
       .option('explain', {
-        describe: 'Write what was done per element path (path, action, count) to FILE, or to stderr when no FILE',
+        describe: 'Write what was done per element path (path, action, count, tab-separated) to FILE ("-": stderr)',
         type: 'string',
+        requiresArg: true,
       })
       .example('hx deid bulk/*.ndjson.gz > export.ndjson', 'the HealthClaw export profile (the default)')
       .example(`${KEY_ENV}=… hx deid --profile safe-harbor --as-of 2025-01-01 everything.json -o deid.ndjson`, 'Safe Harbor with a stable key')
@@ -108,7 +109,7 @@ function readKey(path: string | undefined): { key?: Buffer; keySource?: KeySourc
 
 function writeExplain(deidentifier: Deidentifier, target: string, failed: boolean): void {
   const text = deidentifier.report.explain();
-  if (target === '') {
+  if (target === '-') {
     process.stderr.write(text);
     return;
   }
