@@ -1,6 +1,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Account } from '../src/account.js';
@@ -129,6 +130,35 @@ print(payload.count('='))
     // 30 simulated minutes with tokens that live 5: every one was live when the server checked it (all 201).
     expect(distinct.size).toBeGreaterThanOrEqual(5);
     expect(account.written).toBe(740);
+  });
+
+  it('pauses reading while the posts in flight are at the limit (backpressure)', async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const s = await server();
+    s.beforeAnswer = () => gate;
+    let pulled = 0;
+    async function* source() {
+      for (let b = 0; b < 200; b++) {
+        pulled++;
+        const resources = Array.from({ length: 10 }, (_, i) => ({ resourceType: 'Patient', id: `p${b}-${i}` }));
+        yield { source: 'gen', lines: resources.map((_, i) => i + 1), resources };
+      }
+    }
+    const account = new Account();
+    const ctx = { account, rejects: new Rejects(account) };
+    const client = ingestClient({ base: s.base, mode: 'ingest', tenant: 'bp', secret: SECRET }, () => {});
+    const done = pipeline(Readable.from(source(), { objectMode: true, highWaterMark: 1 }), postIngest({ base: s.base, mode: 'ingest', client, maxEntries: 10, concurrency: 2 }, ctx));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    // Two posts held by the server, one batch in the sink, a few in stream buffers: nowhere near 200.
+    expect(pulled).toBeLessThan(10);
+    expect(s.requests.length).toBe(2);
+    release();
+    await done;
+    await client.close();
+    expect(pulled).toBe(200);
+    expect(s.stored('bp').size).toBe(2000);
+    expect(account.written).toBe(2000);
   });
 
   it('splits a chunk the server answers 413 (HTML) in two, recursively', async () => {
