@@ -163,7 +163,8 @@ export function fastenConvert(index: CollisionIndex, options: FastenOptions, ctx
     flush(callback) {
       stats.collidingKeys = index.collidingKeys;
       stats.indexBytes = index.bytes;
-      if (stats.withoutId > 0) ctx.account.warn(`${stats.withoutId} resources without id dropped (as convert_fasten.py does)`);
+      const n = stats.withoutId;
+      if (n > 0) ctx.account.warn(`${n} ${n === 1 ? 'resource' : 'resources'} without id dropped (as convert_fasten.py does)`);
       callback();
     },
   });

@@ -15,6 +15,7 @@ interface FastenArgs extends InputArgs, OutputArgs {
   types?: string[];
   'all-types': boolean;
   bundle: boolean;
+  pretty: boolean;
   'spool-dir'?: string;
 }
 
@@ -40,12 +41,14 @@ export const fastenCommand: CommandModule<object, FastenArgs> = {
       })
       .option('all-types', { describe: 'Keep every resource type (overrides --types)', type: 'boolean', default: false })
       .option('bundle', { describe: 'Write one FHIR transaction Bundle (as `hx fasten … | hx bundle`)', type: 'boolean', default: false })
+      .option('pretty', { describe: 'With --bundle: indent like convert_fasten.py (json.dump indent=2)', type: 'boolean', default: false })
       .option('spool-dir', { describe: 'Folder for the copy of stdin or a download (default: $TMPDIR)', type: 'string', requiresArg: true })
       .example('hx fasten health-records-2026-01-15.json -o fasten.ndjson', 'a Fasten export file → NDJSON, the newest version of each resource')
       .example('hx fasten a.json b.json --bundle -o healthclaw-bundle.json', 'merge two exports into one transaction Bundle (convert_fasten.py)')
       .example('hx fasten --url "$DOWNLOAD_URL" --all-types | hx ingest --tenant-id me', 'a Fasten Connect download, every type, into HealthClaw')
       .example('zcat export.ndjson.gz | hx fasten --types Patient Observation -v > out.ndjson', 'stdin, two types, with the account'),
   handler: async (argv) => {
+    if (argv.pretty && !argv.bundle) throw new UsageError('--pretty goes with --bundle');
     const options: FastenOptions = { types: argv['all-types'] ? undefined : new Set(argv.types?.length ? argv.types : FASTEN_DEFAULT_TYPES) };
     const spool = await SpoolDir.create(argv['spool-dir']);
     try {
@@ -68,7 +71,7 @@ export const fastenCommand: CommandModule<object, FastenArgs> = {
             else if (misfiled === MISFILED_SHOWN + 1) ctx.account.warn('more misfiled resources: only their count is reported');
           }),
         stages: (ctx) => [fastenConvert(index, options, ctx)],
-        serializer: argv.bundle ? (ctx) => toTransactionBundle({}, ctx) : undefined,
+        serializer: argv.bundle ? (ctx) => toTransactionBundle({ pretty: argv.pretty }, ctx) : undefined,
       });
       if (argv.verbose || argv.output) printSummary(account);
     } finally {
