@@ -19,6 +19,7 @@ const K = new Int32Array([
   0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208,
   0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
 ]);
+const MAX_KEPT_BUFFER = 64 * 1024;
 const IV = new Int32Array([0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19]);
 
 export class HmacSha256 {
@@ -45,8 +46,10 @@ export class HmacSha256 {
   /** HMAC-SHA256(key, UTF-8 of `text`): 32 bytes, overwritten by the next call. */
   digest(text: string): Buffer {
     // Room for the text, the 0x80 byte, padding and the 8-byte length.
-    if (text.length * 3 + 72 > this.message.length) this.message = Buffer.alloc(text.length * 3 + 72);
-    const m = this.message;
+    // Ids are short; a long value gets a buffer of its own rather than growing the kept one.
+    const need = text.length * 3 + 72;
+    if (need > this.message.length && need <= MAX_KEPT_BUFFER) this.message = Buffer.alloc(need);
+    const m = need <= this.message.length ? this.message : Buffer.alloc(need);
     const n = writeUtf8(text, m);
     const state = this.state;
     state.set(this.innerStart);
