@@ -455,7 +455,7 @@ describe('pseudonyms', () => {
     for (const keyLength of [1, 3, 32, 63, 64, 65, 200]) {
       const key = randomBytes(keyLength);
       const hmac = new HmacSha256(key);
-      for (const length of [0, 1, 36, 55, 56, 63, 64, 65, 119, 120, 300]) {
+      for (const length of [0, 1, 36, 55, 56, 63, 64, 65, 119, 120, 300, 30_000]) {
         const message = 'é€'.repeat(length % 3) + randomBytes(length).toString('base64').slice(0, length);
         expect(Buffer.from(hmac.digest(message)).toString('hex')).toBe(createHmac('sha256', key).update(message).digest('hex'));
       }
