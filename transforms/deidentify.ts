@@ -9,7 +9,7 @@
  *
  * The per-record core is `createDeidentifier(options).deidentify` (or the
  * one-shot `deidentify(resource, options)`); the stream stage is
- * `deidentifyStage`, a `mapStage` over it. No state crosses records except
+ * `deidentifyStage` (options or a Deidentifier), `mapBatch` over it. No state crosses records except
  * bounded caches of HMACs and the report's counters, so the output of a
  * record depends only on the record, the key, the profile and the options:
  * byte-identical whatever the chunking or file split.
@@ -167,7 +167,8 @@ export function deidentify(resource: Resource, options: DeidentifyOptions = {}):
  * batch a side rather than Node's 16: an output batch shares unchanged
  * sub-objects with its input, so buffered batches cost twice.
  */
-export function deidentifyStage(deidentifier: Deidentifier, ctx: StageContext): Transform {
+export function deidentifyStage(options: Deidentifier | DeidentifyOptions, ctx: StageContext): Transform {
+  const deidentifier = 'deidentify' in options ? options : createDeidentifier(options);
   ctx.account.stage('deid', () => ({ ...deidentifier.settings, toJSON: () => ({ ...deidentifier.settings, ...deidentifier.report.toJSON() }) }));
   const core = (resource: Resource) => deidentifier.deidentify(resource);
   return new Transform({
