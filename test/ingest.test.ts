@@ -205,6 +205,14 @@ print(payload.count('='))
     expect(failed.stderr).toMatch(/hx: chunk 2: HTTP 422.*injected 422/);
   });
 
+  it('keeps to a rate-limited server (429 with Retry-After) without losing a chunk', async () => {
+    const s = await server({ rateLimit: { requests: 3, windowMs: 1000 } });
+    const r = await hx(['ingest', SAMPLE_FILES[2]!, '--base-url', s.base, '--tenant-id', 'rl', '--max-entries', '100'], { env });
+    expect(r.code).toBe(0);
+    expect(s.requests.some((q) => q.status === 429)).toBe(true);
+    expectAllStored(s, 'rl', readResources([SAMPLE_FILES[2]!]));
+  });
+
   it('refuses a wrong secret (401) and a malformed tenant before any request', async () => {
     const s = await server();
     const r = await hx(['ingest', SAMPLE_FILES[0]!, '--base-url', s.base, '--tenant-id', 'x'], { env: { STEP_UP_SECRET: 'wrong-secret-123' } });
