@@ -100,15 +100,22 @@ export class ExportProfile {
     const obj = value as Json;
     const paths = this.config.report.tracksPaths;
     let out: Json | undefined;
-    const type = obj.resourceType;
-    if (typeof type === 'string') this.path.push(this.path.length === 0 ? type : `ofType(${type})`);
-    if (typeof obj.display === 'string' && isPersonReference(obj)) {
-      out = withoutKey(obj, 'display');
-      this.config.report.record(paths ? this.path.join('.') + '.display' : '', 'display-removed', 'Reference.display');
-    }
+    // Paths (--explain) need the resource type before the members; otherwise the loop finds it.
+    let type: unknown = paths ? obj.resourceType : undefined;
+    const pushed = typeof type === 'string';
+    if (pushed) this.path.push(this.path.length === 0 ? (type as string) : `ofType(${type as string})`);
+    // One pass over the keys: recurse into objects, and note the primitive
+    // keys that tell a resource, a Reference, a Coding (key compares, no property probes).
+    let display = false;
+    let coded = false;
     for (const key in obj) {
       const item = obj[key];
-      if (item === null || typeof item !== 'object') continue;
+      if (item === null || typeof item !== 'object') {
+        if (key === 'display') display = true;
+        else if (key === 'code' || key === 'system') coded = true;
+        else if (key === 'resourceType') type = item;
+        continue;
+      }
       // The path is kept for --explain only: it costs a push and a pop per member.
       if (paths) this.path.push(key);
       const result = this.walk(item);
@@ -117,10 +124,12 @@ export class ExportProfile {
       out ??= { ...obj };
       out[key] = result;
     }
-    if (typeof type === 'string') {
-      if (PERSON_TYPES.has(type)) out = this.person(out ?? { ...obj }, obj);
-      this.path.pop();
+    if (display && !coded && typeof obj.display === 'string' && isPersonReference(obj)) {
+      out = withoutKey(out ?? obj, 'display');
+      this.config.report.record(paths ? this.path.join('.') + '.display' : '', 'display-removed', 'Reference.display');
     }
+    if (typeof type === 'string' && PERSON_TYPES.has(type)) out = this.person(out ?? { ...obj }, obj);
+    if (pushed) this.path.pop();
     return out ?? obj;
   }
 }
