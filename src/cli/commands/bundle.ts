@@ -1,7 +1,8 @@
 import type { CommandModule } from 'yargs';
 import { UsageError } from '../../errors.js';
 import { BUNDLE_TYPES, bundleFiles, toTransactionBundle, type BundleOptions, type BundleStats, type BundleType } from '../../../transforms/toTransactionBundle.js';
-import { runRecords, withInputOptions, withOutputOptions, type InputArgs, type OutputArgs } from '../common.js';
+import { withInputOptions, withOutputOptions, type InputArgs, type OutputArgs } from '../common.js';
+import { runPlan, type StageCommand, type StagePlan } from '../pipeline.js';
 
 interface BundleArgs extends InputArgs, OutputArgs {
   type: BundleType;
@@ -38,21 +39,28 @@ export const bundleCommand: CommandModule<object, BundleArgs> = {
       .example('hx bundle export.ndjson --max-bytes 8MiB --dir out/', 'the same, one file per Bundle')
       .example('hx bundle a.ndjson --type collection --full-url https://example.org/fhir --pretty', 'a readable collection Bundle'),
   handler: async (argv) => {
-    const options = bundleOptions(argv);
-    const dir = argv.dir;
-    const account = await runRecords(
-      dir === undefined
-        ? { input: argv, output: argv, serializer: (ctx) => toTransactionBundle(options, ctx) }
-        : { input: argv, sink: (ctx) => bundleFiles(dir, options, ctx) },
-    );
-    if (!argv.verbose) return;
-    const stats = account.stages.bundle as BundleStats;
-    const bundles = stats.chunks === 1 ? '1 Bundle' : `${stats.chunks} Bundles`;
-    process.stderr.write(
-      `hx: bundle: ${stats.entries} entries in ${bundles}, ${stats.duplicatesDropped} duplicates dropped, ${stats.withoutId} without id\n`,
-    );
+    await runPlan(argv, bundlePlan(argv));
   },
 };
+
+/** As a stage of `hx run`: it writes the bytes, so it can only be the last. */
+export const bundleStage: StageCommand<BundleArgs> = { command: bundleCommand, plan: (argv) => bundlePlan(argv) };
+
+function bundlePlan(argv: BundleArgs): StagePlan {
+  const options = bundleOptions(argv);
+  const dir = argv.dir;
+  return {
+    ...(dir === undefined ? { serializer: (ctx) => toTransactionBundle(options, ctx) } : { sink: (ctx) => bundleFiles(dir, options, ctx) }),
+    finish: (account) => {
+      if (!account || !argv.verbose) return;
+      const stats = account.stages.bundle as BundleStats;
+      const bundles = stats.chunks === 1 ? '1 Bundle' : `${stats.chunks} Bundles`;
+      process.stderr.write(
+        `hx: bundle: ${stats.entries} entries in ${bundles}, ${stats.duplicatesDropped} duplicates dropped, ${stats.withoutId} without id\n`,
+      );
+    },
+  };
+}
 
 function bundleOptions(argv: BundleArgs): BundleOptions {
   const maxEntries = argv['max-entries'];

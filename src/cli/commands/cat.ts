@@ -1,5 +1,6 @@
 import type { CommandModule } from 'yargs';
-import { runRecords, withInputOptions, withOutputOptions, type InputArgs, type OutputArgs } from '../common.js';
+import { withInputOptions, withOutputOptions, type InputArgs, type OutputArgs } from '../common.js';
+import { runPlan, type StageCommand } from '../pipeline.js';
 
 export const catCommand: CommandModule<object, InputArgs & OutputArgs> = {
   command: 'cat [files..]',
@@ -10,6 +11,9 @@ export const catCommand: CommandModule<object, InputArgs & OutputArgs> = {
       .example('hx cat everything.json -o resources.ndjson', 'stream the entries of a Bundle of any size')
       .example('cat a.ndjson | hx cat --rejects bad.ndjson -v > good.ndjson', 'set bad lines aside and print the account'),
   handler: async (argv) => {
-    await runRecords({ input: argv, output: argv });
+    await runPlan(argv, catStage.plan(argv, { readsInput: true }));
   },
 };
+
+/** As a stage of `hx run`: passes records on unchanged. */
+export const catStage: StageCommand = { command: catCommand, plan: () => ({}) };

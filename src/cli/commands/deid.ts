@@ -4,7 +4,8 @@ import { HxError, UsageError } from '../../errors.js';
 import type { IdMode, KeySource } from '../../deid/pseudonym.js';
 import { loadZip3Table } from '../../deid/zip3.js';
 import { createDeidentifier, deidentifyStage, PROFILES, type Deidentifier, type Profile } from '../../../transforms/deidentify.js';
-import { runRecords, withInputOptions, withOutputOptions, type InputArgs, type OutputArgs } from '../common.js';
+import { withInputOptions, withOutputOptions, type InputArgs, type OutputArgs } from '../common.js';
+import { runPlan, type StageCommand, type StagePlan } from '../pipeline.js';
 
 /** Environment variable holding the key (UTF-8), when no --key-file is given. */
 export const KEY_ENV = 'HX_DEID_KEY';
@@ -59,34 +60,40 @@ export const deidCommand: CommandModule<object, DeidArgs> = {
       .example('hx deid --profile safe-harbor --key-file key.bin --explain report.tsv -v data.ndjson > deid.ndjson', 'with a review report and the account')
       .example('hx deid --profile safe-harbor --id-mode ms-compat --key-file key.txt a.ndjson', 'ids as Microsoft\'s anonymizer writes them'),
   handler: async (argv) => {
-    const { key, keySource } = readKey(argv['key-file']);
-    const deidentifier = createDeidentifier({
-      profile: argv.profile,
-      key,
-      keySource,
-      idMode: argv['id-mode'],
-      asOf: argv['as-of'],
-      dateShiftDays: argv['date-shift'],
-      zip3: argv['zip3-table'] ? loadZip3Table(argv['zip3-table']) : undefined,
-      explain: argv.explain !== undefined,
-    });
-    const { settings } = deidentifier;
-    if (settings.keySource === 'random' && settings.usesKey) {
-      const what = settings.pseudonymisesIds ? 'pseudonyms' : 'urn:healthclaw:patient identifiers';
-      process.stderr.write(
-        `hx: deid: no key given (--key-file or $${KEY_ENV}): drew a random key for this run (fingerprint ${settings.keyFingerprint}); its ${what} match no other run\n`,
-      );
-    }
-    let failed = true;
-    try {
-      const account = await runRecords({ input: argv, output: argv, stages: (ctx) => [deidentifyStage(deidentifier, ctx)] });
-      failed = false;
-      if (argv.verbose) process.stderr.write(accountLines(deidentifier, account.rejected));
-    } finally {
-      if (argv.explain !== undefined) writeExplain(deidentifier, argv.explain, failed);
-    }
+    await runPlan(argv, deidPlan(argv));
   },
 };
+
+/** As a stage of `hx run`. */
+export const deidStage: StageCommand<DeidArgs> = { command: deidCommand, plan: (argv) => deidPlan(argv) };
+
+function deidPlan(argv: DeidArgs): StagePlan {
+  const { key, keySource } = readKey(argv['key-file']);
+  const deidentifier = createDeidentifier({
+    profile: argv.profile,
+    key,
+    keySource,
+    idMode: argv['id-mode'],
+    asOf: argv['as-of'],
+    dateShiftDays: argv['date-shift'],
+    zip3: argv['zip3-table'] ? loadZip3Table(argv['zip3-table']) : undefined,
+    explain: argv.explain !== undefined,
+  });
+  const { settings } = deidentifier;
+  if (settings.keySource === 'random' && settings.usesKey) {
+    const what = settings.pseudonymisesIds ? 'pseudonyms' : 'urn:healthclaw:patient identifiers';
+    process.stderr.write(
+      `hx: deid: no key given (--key-file or $${KEY_ENV}): drew a random key for this run (fingerprint ${settings.keyFingerprint}); its ${what} match no other run\n`,
+    );
+  }
+  return {
+    stages: (ctx) => [deidentifyStage(deidentifier, ctx)],
+    finish: (account) => {
+      if (account && argv.verbose) process.stderr.write(accountLines(deidentifier, account.rejected));
+      if (argv.explain !== undefined) writeExplain(deidentifier, argv.explain, account === undefined);
+    },
+  };
+}
 
 /** The key from --key-file or the environment; never printed anywhere. */
 function readKey(path: string | undefined): { key?: Buffer; keySource?: KeySource } {

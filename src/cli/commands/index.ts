@@ -20,6 +20,7 @@ const registry: Record<string, () => Promise<Command>> = {
   ingest: async () => (await import('./ingest.js')).ingestCommand as never,
   import: async () => (await import('./import.js')).importCommand as never,
   'export-healthex': async () => (await import('./exportHealthex.js')).exportHealthexCommand as never,
+  run: async () => (await import('./run.js')).runCommand as never,
 };
 
 export const commandNames = Object.keys(registry);

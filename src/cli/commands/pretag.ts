@@ -1,10 +1,10 @@
 import { statSync } from 'node:fs';
 import type { Readable, Transform } from 'node:stream';
-import type { CommandModule } from 'yargs';
+import type { ArgumentsCamelCase, CommandModule } from 'yargs';
 import {
   mayBeSmokingStatus,
   PRETAG_CODES,
-  pretagStage,
+  pretagStage as pretagTransform,
   type PretagCode,
   type PretagRules,
 } from '../../../transforms/pretag.js';
@@ -12,7 +12,8 @@ import { Account } from '../../account.js';
 import { UsageError } from '../../errors.js';
 import { readInputs } from '../../io/input.js';
 import { Rejects } from '../../rejects.js';
-import { runRecords, withInputOptions, withOutputOptions, type InputArgs, type OutputArgs } from '../common.js';
+import { withInputOptions, withOutputOptions, type InputArgs, type OutputArgs } from '../common.js';
+import { runPlan, type StageCommand, type StagePlan } from '../pipeline.js';
 
 interface PretagArgs extends InputArgs, OutputArgs {
   rules?: string;
@@ -63,9 +64,25 @@ export const pretagCommand: CommandModule<object, PretagArgs> = {
       ) as never;
   },
   handler: async (argv) => {
-    const rules = selectRules(argv);
-    const files = argv.files;
-    const rescan = seekable(files)
+    await runPlan(argv, pretagPlan(argv, true));
+  },
+};
+
+/**
+ * As a stage of `hx run`: two passes only when it is the first stage that
+ * changes records and the inputs are regular files (the first pass must read
+ * what the stage is given); otherwise the spool, as `hx pretag` on a pipe.
+ */
+export const pretagStage: StageCommand<PretagArgs> = {
+  command: pretagCommand,
+  plan: (argv, { readsInput }) => pretagPlan(argv, readsInput),
+};
+
+function pretagPlan(argv: ArgumentsCamelCase<PretagArgs>, readsInput: boolean): StagePlan {
+  const rules = selectRules(argv);
+  const files = argv.files;
+  const rescan =
+    readsInput && seekable(files)
       ? () =>
           readInputs(files, {
             // The first read only settles patients: its account and rejects are the second read's business.
@@ -76,14 +93,9 @@ export const pretagCommand: CommandModule<object, PretagArgs> = {
             prefilter: mayBeSmokingStatus,
           }) as Readable
       : undefined;
-    await runRecords({
-      input: argv,
-      output: argv,
-      // A Duplex, not a Transform: runRecords only hands its stages to stream.pipeline.
-      stages: (ctx) => [pretagStage({ rules, rescan, tempDir: argv['temp-dir'] }, ctx) as Transform],
-    });
-  },
-};
+  // A Duplex, not a Transform: runRecords only hands its stages to stream.pipeline.
+  return { stages: (ctx) => [pretagTransform({ rules, rescan, tempDir: argv['temp-dir'] }, ctx) as Transform] };
+}
 
 /** `--rules a,b` (snake or kebab case), less every `--no-<rule>`. */
 export function selectRules(argv: Pick<PretagArgs, 'rules'> & Partial<Record<string, unknown>>): PretagRules {
