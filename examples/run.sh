@@ -5,17 +5,26 @@ cd "$(dirname "$0")/.."
 hx() { node dist/src/cli/main.js "$@"; }
 out=examples/out
 mkdir -p "$out"
+# A fixed demo key, so the run is reproducible; use --key-file with a real secret for real data.
+export HX_DEID_KEY=hx-demo-key-not-secret
 
 step() { printf '\n$ %s\n' "$*"; }
 
 step hx count examples/dwain-mcglynn.bundle.json
 hx count examples/dwain-mcglynn.bundle.json
 
-step "hx cat examples/bulk/*.ndjson.gz -v -o $out/bulk.ndjson"
-hx cat examples/bulk/*.ndjson.gz -v -o "$out/bulk.ndjson"
+step "hx deid --profile safe-harbor --as-of 2026-01-01 examples/dwain-mcglynn.bundle.json examples/bulk/*.ndjson.gz -v | hx pretag -v | hx bundle -v -o $out/export.json"
+hx deid --profile safe-harbor --as-of 2026-01-01 examples/dwain-mcglynn.bundle.json examples/bulk/*.ndjson.gz -v \
+  | hx pretag -v | hx bundle -v -o "$out/export.json"
 
-step "hx split --dir $out/by-type examples/dwain-mcglynn.bundle.json -v"
-hx split --dir "$out/by-type" examples/dwain-mcglynn.bundle.json -v
+step "hx tags $out/export.json"
+hx tags "$out/export.json"
+
+step "hx count $out/export.json --json"
+hx count "$out/export.json" --json
+
+step "hx split --dir $out/by-type examples/bulk/*.ndjson.gz -v"
+hx split --dir "$out/by-type" examples/bulk/*.ndjson.gz -v
 ls "$out/by-type"
 
-printf '\nDone: outputs are in %s/\n' "$out"
+printf '\nDone: the de-identified, pre-tagged transaction Bundle is %s/export.json\n' "$out"
