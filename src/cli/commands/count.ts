@@ -1,7 +1,6 @@
-import { Writable } from 'node:stream';
 import type { CommandModule } from 'yargs';
 import type { Account } from '../../account.js';
-import type { Batch } from '../../types.js';
+import { countingSink } from '../../io/countingSink.js';
 import { runRecords, withInputOptions, type InputArgs } from '../common.js';
 
 interface CountArgs extends InputArgs {
@@ -22,16 +21,6 @@ export const countCommand: CommandModule<object, CountArgs> = {
   },
 };
 
-/** Counts each resource as written; keeps nothing else. */
-function countingSink(account: Account): Writable {
-  return new Writable({
-    objectMode: true,
-    write(batch: Batch, _encoding, callback) {
-      for (const resource of batch.resources) account.countWritten(resource.resourceType);
-      callback();
-    },
-  });
-}
 
 function countJson(account: Account): string {
   return JSON.stringify({ ...Object.fromEntries(byCount(account)), total: account.written }) + '\n';

@@ -1,11 +1,11 @@
-import { Writable, type Transform } from 'node:stream';
+import type { Transform } from 'node:stream';
 import type { CommandModule } from 'yargs';
 import type { Account } from '../../account.js';
 import { UsageError } from '../../errors.js';
 import { StepUpTokens, checkTenant } from '../../healthclaw/stepUp.js';
 import { HttpClient } from '../../http/client.js';
 import { Redactor } from '../../http/redact.js';
-import type { Batch } from '../../types.js';
+import { countingSink } from '../../io/countingSink.js';
 import { createDeidentifier, deidentifyStage } from '../../../transforms/deidentify.js';
 import { EXPORT_TYPES, fetchPages, fetchStage, trimBase, typeSearches } from '../../../transforms/fetchPages.js';
 import { pretagStage, type PretagStats } from '../../../transforms/pretag.js';
@@ -156,16 +156,6 @@ function summary(account: Account, tags: [string, number][]): string {
   return text;
 }
 
-/** A dry run's sink: counts what would be written. */
-function countingSink(account: Account): Writable {
-  return new Writable({
-    objectMode: true,
-    write(batch: Batch, _encoding, callback) {
-      for (const resource of batch.resources) account.countWritten(resource.resourceType);
-      callback();
-    },
-  });
-}
 
 /** Today as `YYYY-MM-DD` in local time, as Python's `date.today()`. */
 function localDate(): string {
