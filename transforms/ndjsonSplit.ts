@@ -36,6 +36,27 @@ export interface SplitOptions extends StageContext {
    * this test is skipped unparsed and uncounted (pretag's first pass).
    */
   prefilter?: (text: string) => boolean;
+  /**
+   * Hand out complete NDJSON lines unparsed, as `RawLines`, for worker
+   * threads to parse (`src/io/workers.ts`, which parses them with
+   * `splitLines`). Bundle documents are still parsed here, into Batches.
+   */
+  rawLines?: boolean;
+}
+
+/** Complete NDJSON lines of one input, unparsed: `text` ends with a newline, its first line is `firstLine`. */
+export interface RawLines {
+  source: string;
+  firstLine: number;
+  text: string;
+}
+
+/**
+ * The records of `raw`, exactly as `ndjsonSplit` would read those lines
+ * (blank lines, CRLF, line cap, Bundles on a line), counting on `options`.
+ */
+export function splitLines(raw: RawLines, options: Omit<SplitOptions, 'source' | 'rawLines'>): Batch {
+  return new NdjsonSplit({ ...options, source: raw.source }).linesOf(raw.text, raw.firstLine);
 }
 
 /** The core: one JSON text → a resource, or the reason it is not one. */
@@ -253,7 +274,7 @@ class NdjsonSplit extends Transform {
       } else {
         text = chunk.toString('utf8', from, last + 1);
       }
-      this.lines(text);
+      this.linesOrRaw(text);
       this.appendCarry(chunk.subarray(last + 1));
     }
     if (!ended) return;
@@ -262,8 +283,28 @@ class NdjsonSplit extends Transform {
       this.lineNo++;
       this.reject(this.lineNo, `line longer than ${this.maxBytes} bytes`, () => undefined);
     } else if (this.carryBytes > 0) {
-      this.lines(this.takeCarry() + '\n');
+      this.linesOrRaw(this.takeCarry() + '\n');
     }
+  }
+
+  /** Complete lines: parsed here, or handed out whole in raw mode (but the line after a document, judged here). */
+  private linesOrRaw(text: string): void {
+    if (!this.options.rawLines || this.afterDocument) {
+      this.lines(text);
+      return;
+    }
+    this.flushBatch(); // records parsed before these lines go first
+    const firstLine = this.lineNo + 1;
+    for (let nl = text.indexOf('\n'); nl >= 0; nl = text.indexOf('\n', nl + 1)) this.lineNo++;
+    this.push({ source: this.options.source, firstLine, text } satisfies RawLines);
+  }
+
+  /** `text` (complete lines, the first numbered `firstLine`) read as lines: for `splitLines`. */
+  linesOf(text: string, firstLine: number): Batch {
+    this.mode = 'lines';
+    this.lineNo = firstLine - 1;
+    this.lines(text);
+    return this.batch;
   }
 
   private appendCarry(part: Buffer): void {

@@ -1,4 +1,5 @@
 import { writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { Readable, Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Argv } from 'yargs';
@@ -65,6 +66,17 @@ export function withRunOptions<T>(yargs: Argv<T>): Argv<T & RunArgs> {
     }) as unknown as Argv<T & RunArgs>;
 }
 
+/** `--workers N` for commands whose per-record work needs no other record. */
+export function withWorkersOption<T>(yargs: Argv<T>): Argv<T & { workers: number }> {
+  return yargs.option('workers', {
+    describe: 'Parse, transform and write NDJSON lines in N worker threads (default: the number of cores; 1: none)',
+    type: 'number',
+    default: availableParallelism(),
+    defaultDescription: 'cores',
+    requiresArg: true,
+  }) as unknown as Argv<T & { workers: number }>;
+}
+
 export function withOutputOptions<T>(yargs: Argv<T>): Argv<T & OutputArgs> {
   return yargs
     .option('output', {
@@ -89,6 +101,8 @@ export interface RunSpec {
   serializer?: (ctx: StageContext) => Transform;
   /** Where bytes go; `openOutput` of these options by default. */
   output?: OutputArgs;
+  /** Read NDJSON lines unparsed (`RawLines`), for a serializer that parses them in worker threads. */
+  rawLines?: boolean;
   /** A sink that takes Batches itself (count, split) instead of serializer + output. */
   sink?: (ctx: StageContext) => Writable & { finish?: () => Promise<void> };
 }
@@ -110,7 +124,7 @@ export async function runRecords(spec: RunSpec): Promise<Account> {
   const onBytes = progress ? (bytes: number) => progress.setBytes(bytes) : undefined;
   const source = spec.source
     ? spec.source(ctx, onBytes)
-    : readInputs(files, { ...ctx, maxLineBytes: input['max-line-bytes'], unpackBundles: input.unpack ?? true, onBytes });
+    : readInputs(files, { ...ctx, maxLineBytes: input['max-line-bytes'], unpackBundles: input.unpack ?? true, rawLines: spec.rawLines, onBytes });
   const stages = spec.stages?.(ctx) ?? [];
   let output: Output | undefined;
   try {

@@ -15,6 +15,8 @@ export interface StagePlan {
   stages?: (ctx: StageContext) => Transform[];
   /** Batches → bytes (NDJSON when absent): only the last stage of a run may have one. */
   serializer?: RunSpec['serializer'];
+  /** The serializer parses NDJSON lines itself (in worker threads): read them unparsed. */
+  rawLines?: boolean;
   /** A sink taking Batches itself, instead of serializer + output: last stage only. */
   sink?: RunSpec['sink'];
   /**
@@ -30,6 +32,8 @@ export interface PlanContext {
    * exactly what the stage will be given (pretag may read them twice).
    */
   readsInput: boolean;
+  /** The command runs alone (`hx deid`), not as a stage of `hx run`: it may use worker threads. */
+  alone: boolean;
 }
 
 /** A command that can be a stage of `hx run`. */
@@ -43,7 +47,7 @@ export interface StageCommand<A extends InputArgs & OutputArgs = InputArgs & Out
 export async function runPlan(argv: InputArgs & OutputArgs, plan: StagePlan): Promise<Account> {
   let account: Account | undefined;
   try {
-    account = await runRecords({ input: argv, output: argv, stages: plan.stages, serializer: plan.serializer, sink: plan.sink });
+    account = await runRecords({ input: argv, output: argv, ...plan });
     return account;
   } finally {
     plan.finish?.(account);

@@ -1,7 +1,7 @@
 import { createReadStream, statSync } from 'node:fs';
 import { Readable, pipeline } from 'node:stream';
 import { createGunzip } from 'node:zlib';
-import { ndjsonSplit, type SplitOptions } from '../../transforms/ndjsonSplit.js';
+import { ndjsonSplit, type RawLines, type SplitOptions } from '../../transforms/ndjsonSplit.js';
 import { HxError } from '../errors.js';
 import type { StageContext } from '../stage.js';
 import { BATCHES_IN_FLIGHT, type Batch } from '../types.js';
@@ -13,7 +13,7 @@ import { BATCHES_IN_FLIGHT, type Batch } from '../types.js';
  */
 export const DEFAULT_CHUNK_BYTES = 64 * 1024;
 
-export interface ReadOptions extends StageContext, Pick<SplitOptions, 'maxLineBytes' | 'unpackBundles' | 'onBundle' | 'prefilter'> {
+export interface ReadOptions extends StageContext, Pick<SplitOptions, 'maxLineBytes' | 'unpackBundles' | 'onBundle' | 'prefilter' | 'rawLines'> {
   /** Told the bytes read so far (compressed bytes for gzip files). */
   onBytes?: (bytes: number) => void;
   /** Bytes per read from files. */
@@ -40,7 +40,7 @@ export function readInputs(paths: string[], options: ReadOptions): Readable {
   return Readable.from(readAll(inputs, options), { objectMode: true, highWaterMark: BATCHES_IN_FLIGHT });
 }
 
-async function* readAll(paths: string[], options: ReadOptions): AsyncGenerator<Batch> {
+async function* readAll(paths: string[], options: ReadOptions): AsyncGenerator<Batch | RawLines> {
   let before = 0;
   for (const path of paths) {
     const raw = openRaw(path, options.chunkBytes ?? DEFAULT_CHUNK_BYTES);
@@ -56,7 +56,7 @@ async function* readAll(paths: string[], options: ReadOptions): AsyncGenerator<B
     try {
       for await (const batch of tail) {
         if ('bytesRead' in raw) report();
-        yield batch as Batch;
+        yield batch as Batch | RawLines;
       }
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? '';

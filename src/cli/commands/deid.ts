@@ -3,14 +3,28 @@ import type { CommandModule } from 'yargs';
 import { HxError, UsageError } from '../../errors.js';
 import type { IdMode, KeySource } from '../../deid/pseudonym.js';
 import { loadZip3Table } from '../../deid/zip3.js';
-import { createDeidentifier, deidentifyStage, PROFILES, type Deidentifier, type Profile } from '../../../transforms/deidentify.js';
-import { withInputOptions, withOutputOptions, type InputArgs, type OutputArgs } from '../common.js';
+import {
+  createDeidentifier,
+  deidentifyStage,
+  PROFILES,
+  type Deidentifier,
+  type DeidentifyOptions,
+  type Profile,
+} from '../../../transforms/deidentify.js';
+import type { Account } from '../../account.js';
+import { Pseudonymizer } from '../../deid/pseudonym.js';
+import type { DeidReport } from '../../deid/report.js';
+import { checkWorkers, parallelSerialize } from '../../io/workers.js';
+import { mapBatch } from '../../stage.js';
+import type { Resource } from '../../types.js';
+import { withInputOptions, withOutputOptions, withWorkersOption, type InputArgs, type OutputArgs } from '../common.js';
 import { runPlan, type StageCommand, type StagePlan } from '../pipeline.js';
 
 /** Environment variable holding the key (UTF-8), when no --key-file is given. */
 export const KEY_ENV = 'HX_DEID_KEY';
 
 interface DeidArgs extends InputArgs, OutputArgs {
+  workers: number;
   profile: Profile;
   'key-file'?: string;
   'id-mode': IdMode;
@@ -24,7 +38,7 @@ export const deidCommand: CommandModule<object, DeidArgs> = {
   command: 'deid [files..]',
   describe: 'De-identify resources: HealthClaw export, HealthClaw redaction, or HIPAA Safe Harbor with keyed pseudonyms',
   builder: (yargs) =>
-    withOutputOptions(withInputOptions(yargs))
+    withWorkersOption(withOutputOptions(withInputOptions(yargs)))
       .option('profile', {
         describe:
           'export: Patient/Person/RelatedPerson lose name, address, telecom, photo, contact and EHR identifiers, person reference displays go; ' +
@@ -60,16 +74,18 @@ export const deidCommand: CommandModule<object, DeidArgs> = {
       .example('hx deid --profile safe-harbor --key-file key.bin --explain report.tsv -v data.ndjson > deid.ndjson', 'with a review report and the account')
       .example('hx deid --profile safe-harbor --id-mode ms-compat --key-file key.txt a.ndjson', 'ids as Microsoft\'s anonymizer writes them'),
   handler: async (argv) => {
-    await runPlan(argv, deidPlan(argv));
+    await runPlan(argv, deidPlan(argv, true));
   },
 };
 
 /** As a stage of `hx run`. */
-export const deidStage: StageCommand<DeidArgs> = { command: deidCommand, plan: (argv) => deidPlan(argv) };
+export const deidStage: StageCommand<DeidArgs> = { command: deidCommand, plan: (argv, { alone }) => deidPlan(argv, alone) };
 
-function deidPlan(argv: DeidArgs): StagePlan {
-  const { key, keySource } = readKey(argv['key-file']);
-  const deidentifier = createDeidentifier({
+function deidPlan(argv: DeidArgs, alone: boolean): StagePlan {
+  const workers = checkWorkers(argv.workers);
+  const { key = Pseudonymizer.randomKey(), keySource = 'random' } = readKey(argv['key-file']);
+  // Workers build their own Deidentifier from these options: the key is drawn here, once, for all of them.
+  const options: DeidentifyOptions = {
     profile: argv.profile,
     key,
     keySource,
@@ -78,7 +94,8 @@ function deidPlan(argv: DeidArgs): StagePlan {
     dateShiftDays: argv['date-shift'],
     zip3: argv['zip3-table'] ? loadZip3Table(argv['zip3-table']) : undefined,
     explain: argv.explain !== undefined,
-  });
+  };
+  const deidentifier = createDeidentifier(options);
   const { settings } = deidentifier;
   if (settings.keySource === 'random' && settings.usesKey) {
     const what = settings.pseudonymisesIds ? 'pseudonyms' : 'urn:healthclaw:patient identifiers';
@@ -86,13 +103,45 @@ function deidPlan(argv: DeidArgs): StagePlan {
       `hx: deid: no key given (--key-file or $${KEY_ENV}): drew a random key for this run (fingerprint ${settings.keyFingerprint}); its ${what} match no other run\n`,
     );
   }
-  return {
-    stages: (ctx) => [deidentifyStage(deidentifier, ctx)],
-    finish: (account) => {
-      if (account && argv.verbose) process.stderr.write(accountLines(deidentifier, account.rejected));
-      if (argv.explain !== undefined) writeExplain(deidentifier, argv.explain, account === undefined);
-    },
+  const finish = (account: Account | undefined) => {
+    if (account && argv.verbose) process.stderr.write(accountLines(deidentifier, account.rejected));
+    if (argv.explain !== undefined) writeExplain(deidentifier, argv.explain, account === undefined);
   };
+  if (!alone || workers === 1) return { stages: (ctx) => [deidentifyStage(deidentifier, ctx)], finish };
+  const core = (resource: Resource) => deidentifier.deidentify(resource);
+  return {
+    rawLines: true,
+    serializer: (ctx) => {
+      registerStats(deidentifier, ctx.account);
+      return parallelSerialize(
+        {
+          workers,
+          job: { kind: 'deid', options },
+          maxLineBytes: argv['max-line-bytes'],
+          unpackBundles: argv.unpack,
+          dropReason: 'dropped',
+          local: (batch) => mapBatch(batch, core, ctx, 'dropped'),
+          mergeReport: (report) => mergeReport(deidentifier.report, report as DeidReport),
+        },
+        ctx,
+      );
+    },
+    finish,
+  };
+}
+
+/** The `stages.deid` entry of the account, as `deidentifyStage` registers it. */
+function registerStats(deidentifier: Deidentifier, account: Account): void {
+  account.stage('deid', () => ({ ...deidentifier.settings, toJSON: () => ({ ...deidentifier.settings, ...deidentifier.report.toJSON() }) }));
+}
+
+/** Adds a worker's counters (a structured clone: fields, no methods) to this thread's report. */
+function mergeReport(into: DeidReport, from: DeidReport): void {
+  into.resources += from.resources;
+  into.changed += from.changed;
+  for (const name of ['byPathAction', 'resourcesByRule', 'removedByKind', 'extensionsDropped', 'rejectedByReason'] as const) {
+    for (const [key, n] of from[name]) into[name].set(key, (into[name].get(key) ?? 0) + n);
+  }
 }
 
 /** The key from --key-file or the environment; never printed anywhere. */

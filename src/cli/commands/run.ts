@@ -83,7 +83,7 @@ async function planStages(argv: ArgumentsCamelCase<RunArgs>): Promise<StagePlan[
   argv.gzip = shared.gzip;
   return stageArgs.map((stage, i) => {
     Object.assign(stage, shared);
-    const plan = commands[i]!.plan(stage as never, { readsInput: i === 0 });
+    const plan = commands[i]!.plan(stage as never, { readsInput: i === 0, alone: false });
     if ((plan.serializer || plan.sink) && i < words.length - 1) {
       throw new UsageError(`run: ${words[i]![0]} writes the output, so it can only be the last stage`);
     }
@@ -94,6 +94,7 @@ async function planStages(argv: ArgumentsCamelCase<RunArgs>): Promise<StagePlan[
 /** One stage's words, parsed with its command's own options. */
 function parseStage(command: StageCommand<never>, name: string, words: string[], last: boolean): ArgumentsCamelCase<InputArgs & OutputArgs> {
   for (const word of words) {
+    if (/^--workers(=|$)/.test(word)) throw new UsageError(`run: ${word}: the stages of hx run use no worker threads yet`);
     const option = /^--?(?:no-)?([^=]+)/.exec(word)?.[1];
     if (option === undefined || !RUN_WIDE.has(option) || (last && LAST_STAGE_MAY_HAVE.has(option))) continue;
     throw new UsageError(`run: ${word} applies to the whole run: give it to hx run, not to the ${name} stage`);

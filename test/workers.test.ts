@@ -1,0 +1,126 @@
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { writeCorpus } from '../bench/generate.js';
+import { hx, tempDir } from './support/cli.js';
+
+const env = { HX_DEID_KEY: 'workers-test-key' };
+const DEID = ['deid', '--profile', 'safe-harbor', '--as-of', '2025-01-01'];
+let dir: string;
+/** A generated corpus of ~20 read batches with bad and odd lines spread through it. */
+let messy: string;
+let messyText: string;
+
+beforeAll(async () => {
+  dir = tempDir('hx-workers-');
+  const sink = new PassThrough();
+  const parts: Buffer[] = [];
+  sink.on('data', (c: Buffer) => parts.push(c));
+  await writeCorpus(sink, 1_200_000, 11);
+  const lines = Buffer.concat(parts).toString().split('\n').filter(Boolean);
+  const odd = [
+    '{"resourceType":"Patient","id":"bad"', // invalid JSON
+    '',
+    '   ',
+    '[1,2]',
+    '{"id":"no-type"}',
+    '{"resourceType":"Observation","id":"mod","modifierExtension":[{"url":"http://x/y","valueString":"Zebulon"}]}', // deid rejects it
+    '{"resourceType":"Bundle","type":"searchset","entry":[{"resource":{"resourceType":"Patient","id":"in-bundle"}},' +
+      '{"search":{"mode":"outcome"},"resource":{"resourceType":"OperationOutcome","issue":[{"severity":"warning","diagnostics":"partial"}]}},' +
+      '{"request":{"method":"DELETE","url":"Patient/x"}}]}',
+    `{"resourceType":"Basic","id":"long","text":"${'x'.repeat(3000)}"}`, // over --max-line-bytes 2000
+  ];
+  const out: string[] = [];
+  for (const [i, line] of lines.entries()) {
+    out.push(line);
+    if (i % 37 === 20) out.push(odd[((i / 37) | 0) % odd.length]!);
+  }
+  messyText = out.map((line, i) => (i % 5 === 0 ? line + '\r' : line)).join('\n') + '\n';
+  messy = join(dir, 'messy.ndjson');
+  writeFileSync(messy, messyText);
+});
+
+/** One run with a reject file and a report; returns what it wrote, the account and the rejected rows. */
+async function runWith(args: string[], workers: number, tag: string, stdin?: string) {
+  const rejects = join(dir, `rejects-${tag}-${workers}.ndjson`);
+  const report = join(dir, `report-${tag}-${workers}.json`);
+  const r = await hx([...args, '--workers', String(workers), '--max-line-bytes', '2000', '--rejects', rejects, '--report', report], {
+    env,
+    stdin,
+  });
+  expect(r.code, r.stderr).toBe(0);
+  const { elapsedSeconds: _elapsed, ...account } = JSON.parse(readFileSync(report, 'utf8'));
+  const rows = readFileSync(rejects, 'utf8').split('\n').filter(Boolean).map((line) => JSON.parse(line));
+  return { stdout: r.stdout, stderr: r.stderr, account, rows };
+}
+
+describe('--workers', () => {
+  it.each([
+    ['cat', ['cat']],
+    ['deid', DEID],
+  ])('hx %s: two workers write the bytes, account and rejects of one thread', async (tag, command) => {
+    const one = await runWith([...command, messy], 1, tag);
+    const two = await runWith([...command, messy], 2, tag);
+    expect(two.stdout.equals(one.stdout)).toBe(true);
+    expect(two.account).toEqual(one.account);
+    expect(two.account.balanced).toBe(true);
+    // Every odd line was met: invalid JSON, not an object, no type, the long line (and deid's modifier extension).
+    expect(two.account.rejected).toBeGreaterThanOrEqual(4 * 3);
+    expect(two.account.skippedBlank).toBeGreaterThan(0);
+    expect(two.account.entriesWithoutResource).toBeGreaterThan(0);
+    expect(two.rows).toEqual(one.rows);
+    expect(two.rows.map((row) => row.line)).toEqual([...two.rows.map((row) => row.line)].sort((a, b) => a - b));
+    // Line numbers are the input's: each names a line holding what was rejected.
+    const inputLines = messyText.split('\n');
+    for (const row of two.rows) expect(inputLines[row.line - 1]!.replace(/\r$/, '')).toBe(row.text ?? inputLines[row.line - 1]!.replace(/\r$/, ''));
+    // Warnings (the search outcome) are told with their place, by either path.
+    expect(two.stderr).toMatch(/messy\.ndjson:\d+: entry 1: search outcome: warning: partial/);
+  });
+
+  it('hx deid: the --explain report adds up the workers', async () => {
+    const explain = (n: number) => join(dir, `explain-${n}.tsv`);
+    for (const n of [1, 2]) {
+      const r = await hx([...DEID, messy, '--rejects', join(dir, 'x.ndjson'), '--max-line-bytes', '2000', '--workers', String(n), '--explain', explain(n)], { env });
+      expect(r.code, r.stderr).toBe(0);
+    }
+    const text = readFileSync(explain(2), 'utf8');
+    expect(text.split('\n').length).toBeGreaterThan(10);
+    expect(text).toBe(readFileSync(explain(1), 'utf8'));
+  });
+
+  it('stdin and a Bundle document (parsed on the main thread) give the same bytes', async () => {
+    const bundle = JSON.stringify({
+      resourceType: 'Bundle',
+      type: 'collection',
+      entry: messyText
+        .split('\n')
+        .filter((line) => line.startsWith('{"resourceType":"Patient","id":"') && line.endsWith('}'))
+        .slice(0, 50)
+        .map((line) => ({ resource: JSON.parse(line) })),
+    });
+    const doc = join(dir, 'doc.json');
+    writeFileSync(doc, bundle + '\n' + messyText.split('\n').slice(0, 400).join('\n') + '\n');
+    const one = await runWith([...DEID, doc], 1, 'doc');
+    const two = await runWith([...DEID, doc], 2, 'doc');
+    expect(two.stdout.equals(one.stdout)).toBe(true);
+    expect(two.account).toEqual(one.account);
+    const piped = await runWith([...DEID], 2, 'stdin', messyText);
+    const file = await runWith([...DEID, messy], 1, 'file');
+    expect(piped.stdout.equals(file.stdout)).toBe(true);
+  });
+
+  it('without a reject file, stops at the first bad line in input order, naming it', async () => {
+    const r = await hx(['cat', messy, '--workers', '2'], { env });
+    expect(r.code).toBe(1);
+    const first = messyText.split('\n').findIndex((line) => line.startsWith('{"resourceType":"Patient","id":"bad"')) + 1;
+    expect(r.stderr).toContain(`messy.ndjson:${first}: invalid JSON`);
+    expect(r.stderr).not.toContain('Zebulon');
+  });
+
+  it('refuses --workers 0', async () => {
+    const r = await hx(['cat', messy, '--workers', '0']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('--workers must be a whole number of at least 1');
+  });
+});
