@@ -1,0 +1,251 @@
+/**
+ * The byte walk shared by the streaming JSON scanners (`DocumentScanner` for
+ * Bundles and arrays, `FastenExportScanner` for Fasten exports): one pass over
+ * one JSON value too large to parse whole, tracking only strings, nesting depth
+ * and lines, that cuts out each element of one array (the *streamed* array, a
+ * subclass picks which) as text for `JSON.parse`.
+ *
+ * Speed: strings, which hold most of the bytes of FHIR JSON, are skipped with
+ * `Buffer.indexOf`; outside strings it is one switch per byte. Inside an
+ * element being cut out (nearly all the bytes) only depth and lines move and
+ * no hook runs; the hooks run only on the structure around the elements.
+ *
+ * Memory: one element, capped at `maxBytes` (a larger one is reported, not
+ * kept), and the string a subclass asked for (a key), as slices of the chunks.
+ */
+
+const QUOTE = 0x22;
+const BACKSLASH = 0x5c;
+const NEWLINE = 0x0a;
+
+export abstract class JsonWalker {
+  /** Line the walker is on (1-based, counted in the bytes it has seen). */
+  line: number;
+  /** Whether the top-level value has been closed. */
+  done = false;
+  /** Nesting depth: 1 inside the top-level value. */
+  protected depth = 0;
+  /**
+   * Depth of the array whose elements are cut out, or -1 when not inside it.
+   * A subclass sets it in `opened`; the walker clears it when that array closes.
+   */
+  protected streamDepth = -1;
+  private inString = false;
+  /** Backslashes ending the previous chunk, inside a string. */
+  private pendingBackslashes = 0;
+  private inElement = false;
+  private readonly element: CappedText;
+  /** Where the element starts in the current chunk. */
+  private elementStart = -1;
+  private elementLine = 0;
+  /** A non-object member of the streamed array was reported; reset at the next comma. */
+  private notObjectReported = false;
+  /** A string asked for by `stringStarts` is being read, maybe across chunks. */
+  private capturingString = false;
+  private stringParts: Buffer[] = [];
+
+  constructor(
+    protected readonly maxBytes: number,
+    startLine: number,
+    /** Whether an array member of the streamed array is cut out too (else reported as not an object). */
+    private readonly streamsArrays: boolean,
+  ) {
+    this.line = startLine;
+    this.element = new CappedText(maxBytes);
+  }
+
+  /**
+   * Walks `buf` from `from`. Returns the index just past the end of the
+   * top-level value when it ends in this chunk, else -1.
+   */
+  push(buf: Buffer, from = 0): number {
+    const n = buf.length;
+    if (this.inElement) this.elementStart = from;
+    let stringStart = this.capturingString ? from : -1;
+    let i = from;
+    while (i < n) {
+      if (this.inString) {
+        const q = buf.indexOf(QUOTE, i);
+        if (q === -1) {
+          this.pendingBackslashes = trailingBackslashes(buf, i, n, i === from ? this.pendingBackslashes : 0);
+          break;
+        }
+        // The quote ends the string unless an odd run of backslashes escapes it.
+        let k = q - 1;
+        while (k >= i && buf[k] === BACKSLASH) k--;
+        let run = q - 1 - k;
+        if (k < i && i === from) run += this.pendingBackslashes;
+        this.pendingBackslashes = 0;
+        i = q + 1;
+        if (run % 2 === 1) continue;
+        this.inString = false;
+        if (stringStart >= 0) {
+          this.stringParts.push(buf.subarray(stringStart, q));
+          const raw = Buffer.concat(this.stringParts);
+          this.stringParts = [];
+          this.capturingString = false;
+          stringStart = -1;
+          this.stringCaptured(raw);
+        }
+        continue;
+      }
+      const c = buf[i]!;
+      switch (c) {
+        case QUOTE:
+          this.inString = true;
+          if (!this.inElement) {
+            if (this.depth === this.streamDepth) this.reportNotObject();
+            else if (this.stringStarts()) {
+              this.capturingString = true;
+              stringStart = i + 1;
+            }
+          }
+          break;
+        case 0x7b: // {
+        case 0x5b: // [
+          this.depth++;
+          if (!this.inElement) this.open(buf, i, c === 0x7b);
+          break;
+        case 0x7d: // }
+        case 0x5d: // ]
+          this.depth--;
+          if (this.inElement) {
+            if (this.depth === this.streamDepth) this.endElement(buf, i);
+          } else if (this.close(buf, i)) return i + 1;
+          break;
+        case 0x2c: // ,
+          if (!this.inElement) {
+            if (this.depth === this.streamDepth) this.notObjectReported = false;
+            else this.comma();
+          }
+          break;
+        case NEWLINE:
+          this.line++;
+          break;
+        case 0x20:
+        case 0x09:
+        case 0x0d:
+        case 0x3a: // :
+          break;
+        default:
+          if (!this.inElement && this.depth === this.streamDepth) this.reportNotObject();
+      }
+      i++;
+    }
+    // The chunk ends inside the value: keep what is being captured.
+    if (stringStart >= 0) this.stringParts.push(buf.subarray(stringStart, n));
+    if (this.inElement && this.elementStart >= 0) this.element.append(buf.subarray(this.elementStart, n));
+    return -1;
+  }
+
+  // Hooks, called only outside the elements being cut out.
+
+  /** A container opened at `buf[i]` (`depth` counts it); not an element of the streamed array. */
+  protected opened(_buf: Buffer, _i: number, _isObject: boolean): void {}
+  /** A container closed at `buf[i]` (`depth` no longer counts it). */
+  protected closed(_buf: Buffer, _i: number): void {}
+  /** The streamed array closed at `buf[i]` (called before `closed`). */
+  protected streamEnded(_i: number): void {}
+  /** A comma outside the streamed array. */
+  protected comma(): void {}
+  /** A string starts outside the streamed array: return true to get its raw bytes in `stringCaptured`. */
+  protected stringStarts(): boolean {
+    return false;
+  }
+  /** The raw bytes (escapes kept) of a string asked for by `stringStarts`. */
+  protected stringCaptured(_raw: Buffer): void {}
+  /** One element of the streamed array as JSON text, with the line it starts on. */
+  protected abstract elementFound(text: string, line: number): void;
+  /** An element larger than `maxBytes`, with the line it starts on. */
+  protected abstract elementTooLarge(line: number): void;
+  /** A member of the streamed array that is not an object (reported once until the next comma). */
+  protected abstract notObject(line: number): void;
+
+  private open(buf: Buffer, i: number, isObject: boolean): void {
+    if (this.streamDepth >= 0 && this.depth === this.streamDepth + 1) {
+      if (isObject || this.streamsArrays) {
+        this.inElement = true;
+        this.element.reset();
+        this.elementStart = i;
+        this.elementLine = this.line;
+      } else this.reportNotObject();
+      return;
+    }
+    this.opened(buf, i, isObject);
+  }
+
+  /** Returns true when this closes the top-level value. */
+  private close(buf: Buffer, i: number): boolean {
+    if (this.streamDepth >= 0 && this.depth === this.streamDepth - 1) {
+      this.streamDepth = -1;
+      this.notObjectReported = false;
+      this.streamEnded(i);
+    }
+    this.closed(buf, i);
+    if (this.depth === 0) {
+      this.done = true;
+      return true;
+    }
+    return false;
+  }
+
+  private endElement(buf: Buffer, i: number): void {
+    const element = this.element;
+    element.append(buf.subarray(this.elementStart, i + 1));
+    this.inElement = false;
+    this.elementStart = -1;
+    if (element.tooLarge) {
+      element.reset();
+      this.elementTooLarge(this.elementLine);
+    } else {
+      const text = element.text();
+      element.reset(); // let go of the chunks
+      this.elementFound(text, this.elementLine);
+    }
+  }
+
+  private reportNotObject(): void {
+    if (this.notObjectReported) return;
+    this.notObjectReported = true;
+    this.notObject(this.line);
+  }
+}
+
+/** Text gathered as slices of chunks; past `maxBytes` it is dropped and marked too large. */
+export class CappedText {
+  tooLarge = false;
+  private parts: Buffer[] = [];
+  private bytes = 0;
+
+  constructor(private readonly maxBytes: number) {}
+
+  append(part: Buffer): void {
+    if (this.tooLarge || part.length === 0) return;
+    this.bytes += part.length;
+    if (this.bytes > this.maxBytes) {
+      this.tooLarge = true;
+      this.parts = [];
+      return;
+    }
+    this.parts.push(part);
+  }
+
+  text(): string {
+    const parts = this.parts;
+    return parts.length === 1 ? parts[0]!.toString('utf8') : Buffer.concat(parts).toString('utf8');
+  }
+
+  reset(): void {
+    this.parts = [];
+    this.bytes = 0;
+    this.tooLarge = false;
+  }
+}
+
+/** Backslashes at the end of buf[from, to), added to `carry` when they reach `from`. */
+function trailingBackslashes(buf: Buffer, from: number, to: number, carry: number): number {
+  let k = to - 1;
+  while (k >= from && buf[k] === BACKSLASH) k--;
+  const run = to - 1 - k;
+  return k < from ? carry + run : run;
+}
