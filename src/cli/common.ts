@@ -66,13 +66,13 @@ export function withRunOptions<T>(yargs: Argv<T>): Argv<T & RunArgs> {
     }) as unknown as Argv<T & RunArgs>;
 }
 
-/** `--workers N` for commands whose per-record work needs no other record. */
-export function withWorkersOption<T>(yargs: Argv<T>): Argv<T & { workers: number }> {
+/** `--workers N` for commands whose per-record work can run in worker threads (`src/io/workers.ts`). */
+export function withWorkersOption<T>(yargs: Argv<T>, byDefault: 'cores' | 1 = 'cores'): Argv<T & { workers: number }> {
   return yargs.option('workers', {
-    describe: 'Parse, transform and write NDJSON lines in N worker threads (default: the number of cores; 1: none)',
+    describe: 'Parse, transform and write NDJSON lines in N worker threads (1: none)',
     type: 'number',
-    default: availableParallelism(),
-    defaultDescription: 'cores',
+    default: byDefault === 'cores' ? availableParallelism() : 1,
+    defaultDescription: byDefault === 'cores' ? 'the number of cores' : '1',
     requiresArg: true,
   }) as unknown as Argv<T & { workers: number }>;
 }

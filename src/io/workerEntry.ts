@@ -5,27 +5,15 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { Account } from '../account.js';
 import { Rejects } from '../rejects.js';
-import { mapBatch, type RecordCore } from '../stage.js';
+import { mapBatch } from '../stage.js';
 import type { Location } from '../types.js';
 import { splitLines, type RawLines } from '../../transforms/ndjsonSplit.js';
-import { createDeidentifier } from '../../transforms/deidentify.js';
-import type { BatchResult, RejectRow, WorkerJob, WorkerSetup } from './workers.js';
+import { buildJob } from './workerJobs.js';
+import type { BatchResult, RejectRow, WorkerSetup } from './workers.js';
 
 const setup = workerData as WorkerSetup;
 const encoder = new TextEncoder();
-const { core, report } = buildCore(setup.job);
-
-/** The per-record work of each job, built here from options that crossed the thread boundary. */
-function buildCore(job: WorkerJob): { core?: RecordCore; report?: () => unknown } {
-  switch (job.kind) {
-    case 'cat':
-      return {};
-    case 'deid': {
-      const deidentifier = createDeidentifier(job.options);
-      return { core: (resource) => deidentifier.deidentify(resource), report: () => deidentifier.report };
-    }
-  }
-}
+const { core, report, takeCounters } = buildJob(setup.job);
 
 /** Remembers rejects for the main thread, which applies the run's policy to them in order. */
 class RecordedRejects extends Rejects {
@@ -57,6 +45,7 @@ function run(raw: RawLines): BatchResult {
     rejects: rejects.rows,
     dropped: [...account.droppedByReason],
     written: [...account.writtenByType],
+    counters: takeCounters?.(),
   };
 }
 

@@ -1,5 +1,5 @@
 /**
- * Both cores for stateless per-record work (`hx cat`, `hx deid`): the reader
+ * Both cores for per-record work (`hx cat`, `hx deid`, `hx pretag`): the reader
  * hands out raw NDJSON lines (`RawLines`, about 64 KiB each) instead of
  * parsed records; worker threads parse, transform and serialise them and
  * send back the text plus what to count. The main thread only reads,
@@ -11,18 +11,19 @@
  * waiting for an earlier one); the reader is paused beyond that.
  * Bundle documents are parsed by the main thread's reader (one document is
  * one stream of entries) and their Batches are transformed there, in order.
+ * Cross-record state stays in the main thread: the workers get what they
+ * judge by when they start (pretag: the patient table of its first pass).
  */
 import { availableParallelism } from 'node:os';
 import { Transform, type TransformCallback } from 'node:stream';
 import { Worker } from 'node:worker_threads';
-import type { DeidentifyOptions } from '../../transforms/deidentify.js';
+import type { WorkerJob } from './workerJobs.js';
 import type { RawLines } from '../../transforms/ndjsonSplit.js';
 import { HxError } from '../errors.js';
 import type { StageContext } from '../stage.js';
 import type { Batch } from '../types.js';
 
-/** The per-record work a worker does, as options that can cross a thread boundary. */
-export type WorkerJob = { kind: 'cat' } | { kind: 'deid'; options: DeidentifyOptions };
+export type { WorkerJob } from './workerJobs.js';
 
 export interface WorkerSetup {
   job: WorkerJob;
@@ -50,10 +51,18 @@ export interface BatchResult {
   rejects: RejectRow[];
   dropped: [string, number][];
   written: [string, number][];
+  /** The job's stage counters for this batch (pretag's). */
+  counters?: Record<string, number>;
 }
 
-export interface ParallelOptions extends Omit<WorkerSetup, 'keepRejectText'> {
+export interface ParallelOptions extends Omit<WorkerSetup, 'keepRejectText' | 'job'> {
   workers: number;
+  /** The job, or its making when it needs a look at the input first (pretag's first pass): workers start then. */
+  job: WorkerJob | (() => Promise<WorkerJob>);
+  /** Called once every batch is written and every report merged, before the stream ends. */
+  ended?: () => void;
+  /** Given each batch's stage counters, in order. */
+  addCounters?: (counters: Record<string, number>) => void;
   /** The same work for a Batch the reader parsed itself (a Bundle document), on this thread. */
   local: (batch: Batch) => Batch;
   /** Given each worker's job report (e.g. its DeidReport) when the run ends. */
@@ -74,8 +83,9 @@ export function checkWorkers(n: number): number {
 const ENTRY = new URL('./workerEntry.js', import.meta.url);
 /**
  * Each worker is a V8 heap of its own; its young generation is what grows
- * with throughput. 8 MB kept two workers' peak RSS under 200 MB on the
- * benchmark corpus at no measurable cost in speed (16: +25 MB, 32: +55 MB).
+ * with throughput. With 8 MB, `hx deid --workers 2` peaked at 180 MB RSS on
+ * the 100 MB corpus (16 MB: 211, 32 MB: 241) at no measurable cost in speed;
+ * each worker still costs about 50 MB (its own isolate, code and heap).
  */
 const WORKER_YOUNG_MB = 8;
 
@@ -90,7 +100,9 @@ export function parallelSerialize(options: ParallelOptions, ctx: StageContext): 
 type InFlight = { source: string; reply: Promise<Reply> } | { batch: Batch };
 
 class ParallelSerialize extends Transform {
-  private readonly workers: Worker[];
+  private workers: Worker[] = [];
+  /** Settles when the workers run: started by the first batch, so the job may look at the input first. */
+  private started: Promise<void> | undefined;
   private readonly waiting = new Map<number, { resolve: (reply: Reply) => void; reject: (err: Error) => void }>();
   /** Batches in input order; the head is applied and written first. */
   private readonly queue: InFlight[] = [];
@@ -103,9 +115,16 @@ class ParallelSerialize extends Transform {
     private readonly ctx: StageContext,
   ) {
     super({ writableObjectMode: true, writableHighWaterMark: 1 });
-    const { workers: count, local: _local, mergeReport: _merge, ...setup } = options;
-    const workerData: WorkerSetup = { ...setup, keepRejectText: ctx.rejects.path !== undefined };
-    this.limit = 2 * count;
+    this.limit = 2 * options.workers;
+  }
+
+  private async start(): Promise<void> {
+    const { workers: count, local: _local, mergeReport: _merge, addCounters: _add, ended: _ended, job, ...setup } = this.options;
+    const workerData: WorkerSetup = {
+      ...setup,
+      job: typeof job === 'function' ? await job() : job,
+      keepRejectText: this.ctx.rejects.path !== undefined,
+    };
     this.workers = Array.from({ length: count }, () => {
       const worker = new Worker(ENTRY, { workerData, resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_MB } });
       worker.on('message', (reply: Reply) => {
@@ -119,6 +138,11 @@ class ParallelSerialize extends Transform {
   }
 
   override _transform(item: RawLines | Batch, _encoding: BufferEncoding, callback: TransformCallback): void {
+    this.started ??= this.start();
+    this.started.then(() => this.enqueue(item)).then(() => callback(), callback);
+  }
+
+  private async enqueue(item: RawLines | Batch): Promise<void> {
     if ('text' in item) {
       const worker = this.workers[this.turn++ % this.workers.length]!;
       const reply = this.ask(worker, { raw: item });
@@ -127,15 +151,16 @@ class ParallelSerialize extends Transform {
     } else {
       this.queue.push({ batch: item });
     }
-    if (this.queue.length < this.limit) callback();
-    else this.writeHead().then(() => callback(), callback);
+    if (this.queue.length >= this.limit) await this.writeHead();
   }
 
   override _flush(callback: TransformCallback): void {
     (async () => {
+      await this.started;
       while (this.queue.length > 0) await this.writeHead();
       const reports = await Promise.all(this.workers.map((worker) => this.ask(worker, {})));
       for (const reply of reports) if (reply.report !== undefined) this.options.mergeReport?.(reply.report);
+      this.options.ended?.();
     })()
       .finally(() => this.stop())
       .then(() => callback(), callback);
@@ -186,6 +211,7 @@ class ParallelSerialize extends Transform {
     for (const message of r.warnings) account.warn(message);
     for (const row of r.rejects) rejects.reject({ source, line: row.line }, row.reason, () => row.text);
     for (const [reason, n] of r.dropped) account.countDropped(reason, n);
+    if (r.counters) this.options.addCounters?.(r.counters);
     for (const [type, n] of r.written) {
       account.written += n;
       account.writtenByType.set(type, (account.writtenByType.get(type) ?? 0) + n);

@@ -5,6 +5,9 @@ import {
   mayBeSmokingStatus,
   PRETAG_CODES,
   pretagStage as pretagTransform,
+  smokingStatus,
+  subjectReference,
+  type PretagStats,
   type PretagCode,
   type PretagRules,
 } from '../../../transforms/pretag.js';
@@ -12,10 +15,16 @@ import { Account } from '../../account.js';
 import { UsageError } from '../../errors.js';
 import { readInputs } from '../../io/input.js';
 import { Rejects } from '../../rejects.js';
-import { withInputOptions, withOutputOptions, type InputArgs, type OutputArgs } from '../common.js';
+import { CONTRADICTORY, EVER, NEVER, PatientStates } from '../../pretag/patientStates.js';
+import { mapBatch } from '../../stage.js';
+import type { Batch } from '../../types.js';
+import { checkWorkers, parallelSerialize } from '../../io/workers.js';
+import { buildJob, PRETAG_COUNTERS, type JobCore, type WorkerJob } from '../../io/workerJobs.js';
+import { withInputOptions, withOutputOptions, withWorkersOption, type InputArgs, type OutputArgs } from '../common.js';
 import { runPlan, type StageCommand, type StagePlan } from '../pipeline.js';
 
 interface PretagArgs extends InputArgs, OutputArgs {
+  workers: number;
   rules?: string;
   'smoking-contradiction': boolean;
   'h-flag-titer': boolean;
@@ -27,7 +36,8 @@ export const pretagCommand: CommandModule<object, PretagArgs> = {
   command: 'pretag [files..]',
   describe: 'Tag Observations with Curatr pre-tags (smoking contradiction, H flag, missing result) as FHIR extensions',
   builder: (yargs) => {
-    let y = withOutputOptions(withInputOptions(yargs))
+    // Opt-in here: each worker thread costs ~50 MB of RSS, and pretag's documented bound is 200 MB with files.
+    let y = withWorkersOption(withOutputOptions(withInputOptions(yargs)), 1)
       .option('rules', {
         describe: `Apply only these rules (comma-separated: ${PRETAG_CODES.join(', ')}); --no-<rule> skips one`,
         type: 'string',
@@ -64,7 +74,7 @@ export const pretagCommand: CommandModule<object, PretagArgs> = {
       ) as never;
   },
   handler: async (argv) => {
-    await runPlan(argv, pretagPlan(argv, true));
+    await runPlan(argv, pretagPlan(argv, true, true));
   },
 };
 
@@ -75,11 +85,12 @@ export const pretagCommand: CommandModule<object, PretagArgs> = {
  */
 export const pretagStage: StageCommand<PretagArgs> = {
   command: pretagCommand,
-  plan: (argv, { readsInput }) => pretagPlan(argv, readsInput),
+  plan: (argv, { readsInput, alone }) => pretagPlan(argv, readsInput, alone),
 };
 
-function pretagPlan(argv: ArgumentsCamelCase<PretagArgs>, readsInput: boolean): StagePlan {
+function pretagPlan(argv: ArgumentsCamelCase<PretagArgs>, readsInput: boolean, alone: boolean): StagePlan {
   const rules = selectRules(argv);
+  const workers = checkWorkers(argv.workers);
   const files = argv.files;
   const rescan =
     readsInput && seekable(files)
@@ -93,8 +104,97 @@ function pretagPlan(argv: ArgumentsCamelCase<PretagArgs>, readsInput: boolean): 
             prefilter: mayBeSmokingStatus,
           }) as Readable
       : undefined;
+  // The spool (a pipe with the smoking rule) keeps to one thread: its state is the order of the records.
+  if (alone && workers > 1) {
+    if (!rules.has('smoking_contradiction')) return parallelPlan(argv, rules, workers, undefined);
+    if (rescan) return parallelPlan(argv, rules, workers, rescan);
+  }
   // A Duplex, not a Transform: runRecords only hands its stages to stream.pipeline.
   return { stages: (ctx) => [pretagTransform({ rules, rescan, tempDir: argv['temp-dir'] }, ctx) as Transform] };
+}
+
+/**
+ * Per-record tagging in worker threads. With the smoking rule, the first
+ * pass settles every patient here; the workers get a copy of the patient
+ * table (18-36 bytes per patient, per worker) and judge on it.
+ */
+function parallelPlan(argv: PretagArgs, rules: PretagRules, workers: number, rescan: (() => Readable) | undefined): StagePlan {
+  return {
+    rawLines: true,
+    serializer: (ctx) => {
+      // The stats `pretagStage` keeps, filled from the workers' counters.
+      const stats = ctx.account.stage<PretagStats>('pretag', () => ({
+        mode: rescan ? 'two-pass' : 'per-record',
+        examined: 0,
+        observations: 0,
+        smokingObservations: 0,
+        tagsAdded: { smoking_contradiction: 0, h_flag_titer: 0, missing_result: 0 },
+        resourcesTagged: 0,
+        peakPatients: 0,
+        contradictoryPatients: 0,
+        patientStateBytes: 0,
+        spoolBytes: 0,
+      }));
+      const add = (counters: Record<string, number>) => {
+        for (const name of PRETAG_COUNTERS) {
+          if (name in stats.tagsAdded) stats.tagsAdded[name as PretagCode] += counters[name]!;
+          else (stats as Record<string, number>)[name]! += counters[name]!;
+        }
+      };
+      let expected = 0;
+      let here: JobCore | undefined;
+      return parallelSerialize(
+        {
+          workers,
+          maxLineBytes: argv['max-line-bytes'],
+          unpackBundles: argv.unpack,
+          dropReason: 'dropped',
+          job: async () => {
+            let states: PatientStates | undefined;
+            if (rescan) {
+              states = new PatientStates();
+              expected = await settlePatients(rescan(), states);
+              stats.peakPatients = states.size;
+              stats.patientStateBytes = states.bytes;
+              stats.contradictoryPatients = states.count(CONTRADICTORY);
+            }
+            const job: WorkerJob = { kind: 'pretag', rules: [...rules], states };
+            here = buildJob(job);
+            return job;
+          },
+          local: (batch) => {
+            const out = mapBatch(batch, here!.core!, ctx, 'dropped');
+            add(here!.takeCounters!());
+            return out;
+          },
+          addCounters: add,
+          ended: () => {
+            if (rescan && stats.smokingObservations !== expected) {
+              ctx.account.warn(
+                `pretag: the first read found ${expected} smoking-status Observations, the second ${stats.smokingObservations}: ` +
+                  'did the input change during the run? Their smoking_contradiction tags may be wrong',
+              );
+            }
+          },
+        },
+        ctx,
+      );
+    },
+  };
+}
+
+/** The first pass (as `pretagStage` makes it): every patient's smoking status; returns the number of smoking-status Observations. */
+async function settlePatients(batches: AsyncIterable<Batch>, states: PatientStates): Promise<number> {
+  let count = 0;
+  for await (const batch of batches) {
+    for (const resource of batch.resources) {
+      const status = smokingStatus(resource);
+      if (status === undefined) continue;
+      count++;
+      if (status !== 'unknown') states.mark(subjectReference(resource), status === 'never' ? NEVER : EVER);
+    }
+  }
+  return count;
 }
 
 /** `--rules a,b` (snake or kebab case), less every `--no-<rule>`. */
