@@ -120,7 +120,7 @@ const lines = [
   '|---|---:|---:|---:|---:|---:|---:|',
   ...results.map(
     (r) =>
-      `| ${r.row.name} | ${r.seconds.toFixed(2)} | ${r.mbPerSecond.toFixed(0)} | ${Math.round(r.recordsPerSecond).toLocaleString('en')} | ` +
+      `| ${r.row.name.replaceAll('|', '\\|')} | ${r.seconds.toFixed(2)} | ${r.mbPerSecond.toFixed(0)} | ${Math.round(r.recordsPerSecond).toLocaleString('en')} | ` +
       `${(r.peakKb / 1024).toFixed(0)} MB | ${percent(ceiling, r)} | ${percent(hxCat, r)} |`,
   ),
 ];

@@ -101,7 +101,7 @@ type InFlight = { source: string; reply: Promise<Reply> } | { batch: Batch };
 
 class ParallelSerialize extends Transform {
   private workers: Worker[] = [];
-  /** Settles when the workers run: started by the first batch, so the job may look at the input first. */
+  /** Settles when the workers run: started by the first raw lines, so the job may look at the input first. */
   private started: Promise<void> | undefined;
   private readonly waiting = new Map<number, { resolve: (reply: Reply) => void; reject: (err: Error) => void }>();
   /** Batches in input order; the head is applied and written first. */
@@ -138,8 +138,9 @@ class ParallelSerialize extends Transform {
   }
 
   override _transform(item: RawLines | Batch, _encoding: BufferEncoding, callback: TransformCallback): void {
-    this.started ??= this.start();
-    this.started.then(() => this.enqueue(item)).then(() => callback(), callback);
+    // Workers start with the first NDJSON lines: a Bundle document alone never pays for them.
+    if ('text' in item) this.started ??= this.start();
+    (this.started ?? Promise.resolve()).then(() => this.enqueue(item)).then(() => callback(), callback);
   }
 
   private async enqueue(item: RawLines | Batch): Promise<void> {
