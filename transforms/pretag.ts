@@ -250,10 +250,10 @@ export interface PretagStats extends Record<string, unknown> {
 
 const SPOOL_BATCH = 512;
 
-export function pretagStage(options: PretagOptions, ctx: StageContext): Duplex {
-  const rules = options.rules ?? ALL_RULES;
-  const stats = ctx.account.stage<PretagStats>('pretag', () => ({
-    mode: 'per-record',
+/** The account section of a pretag run, all counters at zero. */
+export function newPretagStats(mode: PretagStats['mode']): PretagStats {
+  return {
+    mode,
     examined: 0,
     observations: 0,
     smokingObservations: 0,
@@ -263,7 +263,12 @@ export function pretagStage(options: PretagOptions, ctx: StageContext): Duplex {
     contradictoryPatients: 0,
     patientStateBytes: 0,
     spoolBytes: 0,
-  }));
+  };
+}
+
+export function pretagStage(options: PretagOptions, ctx: StageContext): Duplex {
+  const rules = options.rules ?? ALL_RULES;
+  const stats = ctx.account.stage<PretagStats>('pretag', () => newPretagStats('per-record'));
   const tagger = new Tagger(rules, ctx, stats);
   if (!rules.has('smoking_contradiction')) {
     return Duplex.from(async function* (batches: AsyncIterable<Batch>) {

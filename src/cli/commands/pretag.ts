@@ -3,6 +3,7 @@ import type { Readable, Transform } from 'node:stream';
 import type { ArgumentsCamelCase, CommandModule } from 'yargs';
 import {
   mayBeSmokingStatus,
+  newPretagStats,
   PRETAG_CODES,
   pretagStage as pretagTransform,
   smokingStatus,
@@ -123,18 +124,7 @@ function parallelPlan(argv: PretagArgs, rules: PretagRules, workers: number, res
     rawLines: true,
     serializer: (ctx) => {
       // The stats `pretagStage` keeps, filled from the workers' counters.
-      const stats = ctx.account.stage<PretagStats>('pretag', () => ({
-        mode: rescan ? 'two-pass' : 'per-record',
-        examined: 0,
-        observations: 0,
-        smokingObservations: 0,
-        tagsAdded: { smoking_contradiction: 0, h_flag_titer: 0, missing_result: 0 },
-        resourcesTagged: 0,
-        peakPatients: 0,
-        contradictoryPatients: 0,
-        patientStateBytes: 0,
-        spoolBytes: 0,
-      }));
+      const stats = ctx.account.stage<PretagStats>('pretag', () => newPretagStats(rescan ? 'two-pass' : 'per-record'));
       const add = (counters: Record<string, number>) => {
         for (const name of PRETAG_COUNTERS) {
           if (name in stats.tagsAdded) stats.tagsAdded[name as PretagCode] += counters[name]!;
