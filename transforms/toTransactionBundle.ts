@@ -31,6 +31,7 @@ import { finished } from 'node:stream/promises';
 import { HxError, RecordRejected } from '../src/errors.js';
 import type { StageContext } from '../src/stage.js';
 import type { Batch, Resource } from '../src/types.js';
+import { Utf8Builder } from '../src/io/serialize.js';
 import { KeySet } from '../src/util/keySet.js';
 
 export type BundleType = 'transaction' | 'batch' | 'collection';
@@ -352,18 +353,12 @@ export class BundleAssembler {
 
 /**
  * The stream stage: Batches → the text of one Bundle (default), or of one
- * Bundle per line when a budget is set. One string per batch keeps writes few.
+ * Bundle per line when a budget is set. One Buffer per batch keeps writes few.
  */
 export function toTransactionBundle(options: BundleOptions, ctx: StageContext): Transform {
-  let text = '';
-  const assembler = new BundleAssembler(options, ctx, (piece) => {
-    text += piece;
-  });
-  const take = (): string | undefined => {
-    const out = text;
-    text = '';
-    return out === '' ? undefined : out;
-  };
+  const text = new Utf8Builder();
+  const assembler = new BundleAssembler(options, ctx, (piece) => text.add(piece));
+  const take = (): Buffer | undefined => (text.empty ? undefined : text.take());
   return new Transform({
     writableObjectMode: true,
     transform(batch: Batch, _encoding, callback) {

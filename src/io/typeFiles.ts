@@ -5,6 +5,7 @@ import { Writable } from 'node:stream';
 import { createGzip, type Gzip } from 'node:zlib';
 import type { Account } from '../account.js';
 import type { Batch } from '../types.js';
+import { Utf8Builder } from './serialize.js';
 
 export interface TypeFilesOptions {
   dir: string;
@@ -59,15 +60,17 @@ export class TypeFiles extends Writable {
   }
 
   private async writeBatch(batch: Batch): Promise<void> {
-    const byType = new Map<string, string>();
+    const byType = new Map<string, Utf8Builder>();
     for (const resource of batch.resources) {
       const type = resource.resourceType;
-      byType.set(type, (byType.get(type) ?? '') + JSON.stringify(resource) + '\n');
+      let text = byType.get(type);
+      if (!text) byType.set(type, (text = new Utf8Builder()));
+      text.addLine(JSON.stringify(resource));
       this.options.account.countWritten(type);
     }
     for (const [type, text] of byType) {
       const { head } = await this.handle(type);
-      if (!head.write(text)) await once(head, 'drain');
+      if (!head.write(text.take())) await once(head, 'drain');
     }
   }
 

@@ -8,11 +8,11 @@ import { Rejects } from '../rejects.js';
 import { mapBatch } from '../stage.js';
 import type { Location } from '../types.js';
 import { splitLines, type RawLines } from '../../transforms/ndjsonSplit.js';
+import { ndjsonBytes } from './serialize.js';
 import { buildJob } from './workerJobs.js';
 import type { BatchResult, RejectRow, WorkerSetup } from './workers.js';
 
 const setup = workerData as WorkerSetup;
-const encoder = new TextEncoder();
 const { core, report, takeCounters } = buildJob(setup.job);
 
 /** Remembers rejects for the main thread, which applies the run's policy to them in order. */
@@ -31,13 +31,8 @@ function run(raw: RawLines): BatchResult {
   const ctx = { account, rejects };
   let batch = splitLines(raw, { ...ctx, maxLineBytes: setup.maxLineBytes, unpackBundles: setup.unpackBundles });
   if (core) batch = mapBatch(batch, core, ctx, setup.dropReason);
-  let text = '';
-  for (const resource of batch.resources) {
-    text += JSON.stringify(resource) + '\n';
-    account.countWritten(resource.resourceType);
-  }
   return {
-    bytes: encoder.encode(text),
+    bytes: ownBuffer(ndjsonBytes(batch.resources, account)),
     read: account.read,
     skippedBlank: account.skippedBlank,
     entriesWithoutResource: account.entriesWithoutResource,
@@ -63,3 +58,8 @@ parentPort!.on('message', (message: { id: number; raw?: RawLines }) => {
     parentPort!.postMessage({ id: message.id, error: (err as Error)?.stack ?? String(err) });
   }
 });
+
+/** `bytes` on an ArrayBuffer of its own, to be transferred: a small Buffer may sit in Node's shared pool. */
+function ownBuffer(bytes: Buffer): Uint8Array {
+  return bytes.byteOffset === 0 && bytes.buffer.byteLength === bytes.byteLength ? bytes : new Uint8Array(bytes);
+}

@@ -22,6 +22,7 @@ import type { RawLines } from '../../transforms/ndjsonSplit.js';
 import { HxError } from '../errors.js';
 import type { StageContext } from '../stage.js';
 import type { Batch } from '../types.js';
+import { ndjsonBytes } from './serialize.js';
 
 export type { WorkerJob } from './workerJobs.js';
 
@@ -220,12 +221,7 @@ class ParallelSerialize extends Transform {
     return Buffer.from(r.bytes.buffer, r.bytes.byteOffset, r.bytes.byteLength);
   }
 
-  private serializeLocal(batch: Batch): string {
-    let text = '';
-    for (const resource of this.options.local(batch).resources) {
-      text += JSON.stringify(resource) + '\n';
-      this.ctx.account.countWritten(resource.resourceType);
-    }
-    return text;
+  private serializeLocal(batch: Batch): Buffer {
+    return ndjsonBytes(this.options.local(batch).resources, this.ctx.account);
   }
 }
