@@ -48,6 +48,42 @@ describe('NDJSON framing', () => {
     expect(whole.lines).toEqual([1, 3, 4, 5]);
   });
 
+  it('with needles, reads only the lines holding one, numbered as without them, whatever the chunking', async () => {
+    const lines = [
+      P('a', ',"code":"72166-2"'),
+      '',
+      P('b'),
+      ...Array.from({ length: 40 }, (_, n) => P(`n${n}`)), // past the first 1 KiB, which is sniffed whole
+      P('c', ',"x":"\\u0037"'),
+      '   ',
+      P('d', ',"y":"ñ 72166-2 日本"') + '\r',
+      P('e', ',"z":"72166-2","w":"\\u00e9"'),
+      '{"resourceType":"Patient" 72166-2 broken',
+      P('f'),
+    ];
+    const text = lines.join('\n'); // the last line without a newline
+    const needles = ['72166-2', '\\u'];
+    const rejectsPath = join(tempDir(), 'rejects.ndjson');
+    const prefilter = (line: string) => needles.some((n) => line.includes(n));
+    const plain = await splitBytes(text, undefined, { prefilter, rejectsPath });
+    expect(plain.resources.map((x) => x.id)).toEqual(['a', 'c', 'd', 'e']);
+    expect(plain.lines).toEqual([1, 44, 46, 47]);
+    expect(plain.account.rejected).toBe(1);
+    for (const sizes of [[1], [2, 3], [7], [40], [100], [250], [1000]]) {
+      const r = await splitBytes(text, sizes, { prefilter, needles, rejectsPath });
+      expect(r.resources).toEqual(plain.resources);
+      expect(r.lines).toEqual(plain.lines);
+      expect(r.account.rejected).toBe(1); // line 8: bad JSON, and it holds a needle
+    }
+    // After a Bundle document, the rest of its last line is still judged.
+    const afterBundle = `{"resourceType":"Bundle","entry":[{"resource":${P('x', ',"c":"72166-2"')}}]} trailing\n${P('y', ',"c":"72166-2"')}\n`;
+    for (const sizes of [[1], [5], [1000]]) {
+      const r = await splitBytes(afterBundle, sizes, { prefilter, needles, rejectsPath });
+      expect(r.resources.map((x) => x.id)).toEqual(['x', 'y']);
+      expect(r.account.rejected).toBe(1);
+    }
+  });
+
   it('keeps multi-byte characters split across chunks intact', async () => {
     const text = P('a', ',"x":"日本語 ñ 🎉"') + '\n';
     const r = await splitBytes(text, [1]);

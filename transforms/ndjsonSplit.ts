@@ -37,6 +37,14 @@ export interface SplitOptions extends StageContext {
    */
   prefilter?: (text: string) => boolean;
   /**
+   * For cheap pre-scans of NDJSON: a line holding none of these strings
+   * (ASCII) is skipped undecoded, found by a byte search, so a scan for a
+   * rare code runs at memory speed. Lines still count for numbering; blank
+   * and skipped lines are not counted as read. Bundle documents are not
+   * affected: give `prefilter` too.
+   */
+  needles?: readonly string[];
+  /**
    * Hand out complete NDJSON lines unparsed, as `RawLines`, for worker
    * threads to parse (`src/io/workers.ts`, which parses them with
    * `splitLines`). Bundle documents are still parsed here, into Batches.
@@ -162,12 +170,14 @@ class NdjsonSplit extends Transform {
   /** Index of the next streamed entry of the current document. */
   private entryIndex = 0;
   private batch: Batch;
+  private readonly needles: NeedleSearch | undefined;
 
   constructor(private readonly options: SplitOptions) {
     super({ readableObjectMode: true, readableHighWaterMark: BATCHES_IN_FLIGHT });
     this.maxBytes = options.maxLineBytes ?? DEFAULT_MAX_LINE_BYTES;
     this.unpack = options.unpackBundles ?? true;
     this.batch = this.newBatch();
+    if (options.needles && !options.rawLines) this.needles = new NeedleSearch(options.needles);
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
@@ -266,6 +276,16 @@ class NdjsonSplit extends Transform {
     const last = chunk.lastIndexOf(0x0a);
     if (last < from) {
       this.appendCarry(chunk.subarray(from));
+    } else if (this.needles) {
+      let start = from;
+      if (this.carryBytes > 0 || this.overlong || this.afterDocument) {
+        // The line under way (or the rest of a document's last line) the usual way.
+        start = chunk.indexOf(0x0a, from) + 1;
+        this.appendCarry(chunk.subarray(from, start));
+        this.lines(this.takeCarry());
+      }
+      this.linesWithNeedles(chunk, start, last + 1);
+      this.appendCarry(chunk.subarray(last + 1));
     } else {
       let text: string;
       if (this.carryBytes > 0 || this.overlong) {
@@ -285,6 +305,23 @@ class NdjsonSplit extends Transform {
     } else if (this.carryBytes > 0) {
       this.linesOrRaw(this.takeCarry() + '\n');
     }
+  }
+
+  /** The complete lines in `chunk[start, end)`: only those holding a needle are decoded and read. */
+  private linesWithNeedles(chunk: Buffer, start: number, end: number): void {
+    const needles = this.needles!;
+    needles.reset();
+    let pos = start;
+    while (pos < end) {
+      const hit = needles.next(chunk, pos, end);
+      if (hit < 0) break;
+      const lineStart = chunk.lastIndexOf(0x0a, hit) + 1;
+      this.lineNo += countNewlines(chunk, pos, lineStart);
+      const lineEnd = chunk.indexOf(0x0a, hit) + 1;
+      this.lines(chunk.toString('utf8', lineStart, lineEnd));
+      pos = lineEnd;
+    }
+    this.lineNo += countNewlines(chunk, pos, end);
   }
 
   /** Complete lines: parsed here, or handed out whole in raw mode (but the line after a document, judged here). */
@@ -439,6 +476,46 @@ class NdjsonSplit extends Transform {
     this.push(this.batch);
     this.batch = this.newBatch();
   }
+}
+
+/** The next occurrence of any of a few byte strings, each searched once per chunk. */
+class NeedleSearch {
+  private readonly needles: Buffer[];
+  /** Per needle: the position of its next occurrence at or after `from`, -1 for none before the end. */
+  private readonly found: number[];
+  private readonly from: number[];
+
+  constructor(needles: readonly string[]) {
+    this.needles = needles.map((needle) => Buffer.from(needle, 'latin1'));
+    this.found = needles.map(() => -1);
+    this.from = needles.map(() => -1);
+  }
+
+  /** A new chunk: forget the old positions. */
+  reset(): void {
+    this.from.fill(-1);
+  }
+
+  /** The first occurrence of any needle starting in `chunk[pos, end)`, or -1. */
+  next(chunk: Buffer, pos: number, end: number): number {
+    let first = -1;
+    for (let i = 0; i < this.needles.length; i++) {
+      if (this.from[i] === -1 || (this.found[i] !== -1 && this.found[i]! < pos)) {
+        const at = chunk.indexOf(this.needles[i]!, pos);
+        this.found[i] = at >= 0 && at < end ? at : -1;
+        this.from[i] = pos;
+      }
+      const at = this.found[i]!;
+      if (at !== -1 && (first === -1 || at < first)) first = at;
+    }
+    return first;
+  }
+}
+
+function countNewlines(chunk: Buffer, from: number, to: number): number {
+  let n = 0;
+  for (let nl = chunk.indexOf(0x0a, from); nl >= 0 && nl < to; nl = chunk.indexOf(0x0a, nl + 1)) n++;
+  return n;
 }
 
 /**

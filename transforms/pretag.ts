@@ -182,8 +182,11 @@ function appendTags(resource: Resource, codes: readonly PretagCode[]): Resource 
  * pass parses only the texts that pass, which is what makes it cheap.
  */
 export function mayBeSmokingStatus(text: string): boolean {
-  return text.includes(SMOKING_STATUS_CODE) || text.includes('\\u');
+  return SMOKING_NEEDLES.some((needle) => text.includes(needle));
 }
+
+/** What `mayBeSmokingStatus` looks for, for the splitter's byte search (`needles`). */
+export const SMOKING_NEEDLES: readonly string[] = [SMOKING_STATUS_CODE, '\\u'];
 
 /** The rules to apply; all of them by default. */
 export type PretagRules = ReadonlySet<PretagCode>;

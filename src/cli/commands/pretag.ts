@@ -3,6 +3,7 @@ import type { Readable, Transform } from 'node:stream';
 import type { ArgumentsCamelCase, CommandModule } from 'yargs';
 import {
   mayBeSmokingStatus,
+  SMOKING_NEEDLES,
   newPretagStats,
   PRETAG_CODES,
   pretagStage as pretagTransform,
@@ -103,6 +104,10 @@ function pretagPlan(argv: ArgumentsCamelCase<PretagArgs>, readsInput: boolean, a
             maxLineBytes: argv['max-line-bytes'],
             unpackBundles: argv.unpack,
             prefilter: mayBeSmokingStatus,
+            needles: SMOKING_NEEDLES,
+            // This read skips nearly every byte, so waits on the disk dominate: 256 KiB reads cut
+            // the pass by a fifth; 1 MiB by a third, but its garbage raised the run's peak RSS by 25 MB.
+            chunkBytes: 256 << 10,
           }) as Readable
       : undefined;
   // The spool (a pipe with the smoking rule) keeps to one thread: its state is the order of the records.
