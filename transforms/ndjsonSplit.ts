@@ -17,6 +17,7 @@
 import { Transform, type TransformCallback } from 'node:stream';
 import { RecordRejected } from '../src/errors.js';
 import { DocumentScanner } from '../src/io/documentScanner.js';
+import { RecordBatcher } from '../src/io/recordBatcher.js';
 import type { StageContext } from '../src/stage.js';
 import { BATCHES_IN_FLIGHT, formatLocation, type Batch, type Location, type Resource } from '../src/types.js';
 
@@ -169,21 +170,21 @@ class NdjsonSplit extends Transform {
   private scanner: DocumentScanner | undefined;
   /** Index of the next streamed entry of the current document. */
   private entryIndex = 0;
-  private batch: Batch;
+  private readonly records: RecordBatcher;
   private readonly needles: NeedleSearch | undefined;
 
   constructor(private readonly options: SplitOptions) {
     super({ readableObjectMode: true, readableHighWaterMark: BATCHES_IN_FLIGHT });
     this.maxBytes = options.maxLineBytes ?? DEFAULT_MAX_LINE_BYTES;
     this.unpack = options.unpackBundles ?? true;
-    this.batch = this.newBatch();
+    this.records = new RecordBatcher(options, options.source);
     if (options.needles && !options.rawLines) this.needles = new NeedleSearch(options.needles);
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
     try {
       this.consume(chunk, false);
-      this.flushBatch();
+      this.records.flush((batch) => this.push(batch));
       callback();
     } catch (err) {
       callback(err as Error);
@@ -193,7 +194,7 @@ class NdjsonSplit extends Transform {
   override _flush(callback: TransformCallback): void {
     try {
       this.consume(Buffer.alloc(0), true);
-      this.flushBatch();
+      this.records.flush((batch) => this.push(batch));
       callback();
     } catch (err) {
       callback(err as Error);
@@ -229,7 +230,7 @@ class NdjsonSplit extends Transform {
     return new DocumentScanner(
       {
         onElement: (text, line) => this.element(text, line),
-        onBadElement: (reason, line) => this.reject(line, reason, () => undefined),
+        onBadElement: (reason, line) => this.records.reject(line, reason, () => undefined),
       },
       this.maxBytes,
       this.lineNo + 1,
@@ -246,20 +247,20 @@ class NdjsonSplit extends Transform {
     this.lineNo = line - 1;
     this.afterDocument = true;
     if (truncated) {
-      if (scanner.started) this.reject(line, 'JSON document ends before its closing bracket (truncated input?)', () => undefined);
+      if (scanner.started) this.records.reject(line, 'JSON document ends before its closing bracket (truncated input?)', () => undefined);
       return;
     }
     let meta: string | undefined;
     try {
       meta = scanner.meta();
     } catch (err) {
-      this.reject(line, (err as Error).message, () => undefined);
+      this.records.reject(line, (err as Error).message, () => undefined);
       return;
     }
     if (meta === undefined) return; // a top-level array: all was in its elements
     const parsed = parseRecord(meta);
     if (parsed instanceof RecordRejected) {
-      this.reject(line, `document: ${parsed.reason}`, () => meta);
+      this.records.reject(line, `document: ${parsed.reason}`, () => meta);
       return;
     }
     if (parsed.resourceType === 'Bundle') {
@@ -269,7 +270,7 @@ class NdjsonSplit extends Transform {
       else this.options.onBundle?.(rest as Resource, { source: this.options.source, line });
       return;
     }
-    this.emit1(parsed, line);
+    this.records.add(parsed, line);
   }
 
   private consumeLines(chunk: Buffer, from: number, ended: boolean): void {
@@ -301,7 +302,7 @@ class NdjsonSplit extends Transform {
     if (this.overlong) {
       this.overlong = false;
       this.lineNo++;
-      this.reject(this.lineNo, `line longer than ${this.maxBytes} bytes`, () => undefined);
+      this.records.reject(this.lineNo, `line longer than ${this.maxBytes} bytes`, () => undefined);
     } else if (this.carryBytes > 0) {
       this.linesOrRaw(this.takeCarry() + '\n');
     }
@@ -330,7 +331,7 @@ class NdjsonSplit extends Transform {
       this.lines(text);
       return;
     }
-    this.flushBatch(); // records parsed before these lines go first
+    this.records.flush((batch) => this.push(batch)); // records parsed before these lines go first
     const firstLine = this.lineNo + 1;
     for (let nl = text.indexOf('\n'); nl >= 0; nl = text.indexOf('\n', nl + 1)) this.lineNo++;
     this.push({ source: this.options.source, firstLine, text } satisfies RawLines);
@@ -341,7 +342,7 @@ class NdjsonSplit extends Transform {
     this.mode = 'lines';
     this.lineNo = firstLine - 1;
     this.lines(text);
-    return this.batch;
+    return this.records.take();
   }
 
   private appendCarry(part: Buffer): void {
@@ -352,7 +353,7 @@ class NdjsonSplit extends Transform {
       if (nl < 0) return;
       this.overlong = false;
       this.lineNo++;
-      this.reject(this.lineNo, `line longer than ${this.maxBytes} bytes`, () => undefined);
+      this.records.reject(this.lineNo, `line longer than ${this.maxBytes} bytes`, () => undefined);
       this.afterDocument = false;
       part = part.subarray(nl + 1);
       if (part.length === 0) return;
@@ -396,21 +397,21 @@ class NdjsonSplit extends Transform {
       }
       if (this.afterDocument) {
         this.afterDocument = false;
-        this.reject(this.lineNo, 'unexpected text after the JSON document', () => trimmed);
+        this.records.reject(this.lineNo, 'unexpected text after the JSON document', () => trimmed);
         return;
       }
     }
     this.afterDocument = false;
     const line = text.slice(start, end);
     if (line.length > this.maxBytes / 3 && Buffer.byteLength(line) > this.maxBytes) {
-      this.reject(this.lineNo, `line longer than ${this.maxBytes} bytes`, () => undefined);
+      this.records.reject(this.lineNo, `line longer than ${this.maxBytes} bytes`, () => undefined);
       return;
     }
     if (this.options.prefilter && !this.options.prefilter(line)) return;
     const parsed = parseRecord(line);
-    if (parsed instanceof RecordRejected) this.reject(this.lineNo, parsed.reason, () => line);
+    if (parsed instanceof RecordRejected) this.records.reject(this.lineNo, parsed.reason, () => line);
     else if (parsed.resourceType === 'Bundle' && this.unpack) this.unpackBundle(parsed, this.lineNo);
-    else this.emit1(parsed, this.lineNo);
+    else this.records.add(parsed, this.lineNo);
   }
 
   /** A streamed element: a Bundle entry, or a resource of a top-level array. */
@@ -421,16 +422,16 @@ class NdjsonSplit extends Transform {
     }
     if (this.scanner?.isArray) {
       const parsed = parseRecord(text);
-      if (parsed instanceof RecordRejected) this.reject(line, parsed.reason, () => text);
+      if (parsed instanceof RecordRejected) this.records.reject(line, parsed.reason, () => text);
       else if (parsed.resourceType === 'Bundle' && this.unpack) this.unpackBundle(parsed, line);
-      else this.emit1(parsed, line);
+      else this.records.add(parsed, line);
       return;
     }
     let entry: unknown;
     try {
       entry = JSON.parse(text);
     } catch (err) {
-      this.reject(line, `entry: ${jsonErrorReason(err as Error, text)}`, () => text);
+      this.records.reject(line, `entry: ${jsonErrorReason(err as Error, text)}`, () => text);
       return;
     }
     this.entry(entry, this.entryIndex++, line);
@@ -441,7 +442,7 @@ class NdjsonSplit extends Transform {
     this.options.onBundle?.(rest as Resource, { source: this.options.source, line });
     if (entry === undefined) return;
     if (!Array.isArray(entry)) {
-      this.reject(line, 'Bundle.entry is not an array', () => JSON.stringify(bundle));
+      this.records.reject(line, 'Bundle.entry is not an array', () => JSON.stringify(bundle));
       return;
     }
     for (let i = 0; i < entry.length; i++) this.entry(entry[i], i, line);
@@ -449,32 +450,16 @@ class NdjsonSplit extends Transform {
 
   private entry(entry: unknown, index: number, line: number): void {
     unpackEntry(entry, index, {
-      resource: (resource) => this.emit1(resource, line),
-      reject: (reason, text) => this.reject(line, reason, text),
+      resource: (resource) => this.records.add(resource, line),
+      reject: (reason, text) => this.records.reject(line, reason, text),
       outcome: (message) => this.options.account.warn(`${formatLocation({ source: this.options.source, line })}: ${message}`),
       empty: () => this.options.account.entriesWithoutResource++,
     });
   }
 
-  private emit1(resource: Resource, line: number): void {
-    this.options.account.read++;
-    this.batch.resources.push(resource);
-    this.batch.lines.push(line);
-  }
-
   private reject(line: number, reason: string, text: () => string | undefined): void {
     this.options.account.read++;
     this.options.rejects.reject({ source: this.options.source, line }, reason, text);
-  }
-
-  private newBatch(): Batch {
-    return { source: this.options.source, lines: [], resources: [] };
-  }
-
-  private flushBatch(): void {
-    if (this.batch.resources.length === 0) return;
-    this.push(this.batch);
-    this.batch = this.newBatch();
   }
 }
 

@@ -6,7 +6,8 @@
  */
 import { Transform, type TransformCallback } from 'node:stream';
 import { RecordRejected } from '../errors.js';
-import { BATCHES_IN_FLIGHT, type Batch, type Resource } from '../types.js';
+import { RecordBatcher } from '../io/recordBatcher.js';
+import { BATCHES_IN_FLIGHT, type Batch } from '../types.js';
 import { DEFAULT_MAX_LINE_BYTES, ndjsonSplit, parseRecord, type SplitOptions } from '../../transforms/ndjsonSplit.js';
 import { FastenExportScanner, looksLikeFastenExport } from './exportScanner.js';
 
@@ -39,11 +40,11 @@ class FastenSplit extends Transform {
   private decided = false;
   /** After the document: 'clean' while only white space follows, 'reported' once something else did. */
   private after: 'inside' | 'clean' | 'reported' = 'inside';
-  private batch: Batch;
+  private readonly records: RecordBatcher;
 
   constructor(private readonly options: FastenSplitOptions) {
     super({ readableObjectMode: true, readableHighWaterMark: BATCHES_IN_FLIGHT });
-    this.batch = this.newBatch();
+    this.records = new RecordBatcher(options, options.source);
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
@@ -68,8 +69,8 @@ class FastenSplit extends Transform {
       return;
     }
     try {
-      if (!this.scanner!.done) this.reject(this.scanner!.line, 'Fasten export ends before its closing bracket (truncated input?)');
-      this.flushBatch();
+      if (!this.scanner!.done) this.records.reject(this.scanner!.line, 'Fasten export ends before its closing bracket (truncated input?)', () => undefined);
+      this.records.flush((batch) => this.push(batch));
       callback();
     } catch (err) {
       callback(err as Error);
@@ -86,7 +87,7 @@ class FastenSplit extends Transform {
       this.scanner = new FastenExportScanner(
         {
           onResource: (text, line, mapType) => this.resource(text, line, mapType),
-          onBadResource: (reason, line) => this.reject(line, reason),
+          onBadResource: (reason, line) => this.records.reject(line, reason, () => undefined),
         },
         this.options.maxLineBytes ?? DEFAULT_MAX_LINE_BYTES,
       );
@@ -107,7 +108,7 @@ class FastenSplit extends Transform {
     }
     try {
       this.scan(chunk);
-      this.flushBatch();
+      this.records.flush((batch) => this.push(batch));
       callback();
     } catch (err) {
       callback(err as Error);
@@ -119,7 +120,7 @@ class FastenSplit extends Transform {
     if (this.after !== 'inside') return this.checkTrailing(chunk, 0);
     const end = scanner.push(chunk, 0);
     if (end < 0) return;
-    if (!scanner.sawProviders) this.reject(scanner.line, 'Fasten export: "providers" is not an array');
+    if (!scanner.sawProviders) this.records.reject(scanner.line, 'Fasten export: "providers" is not an array', () => undefined);
     this.after = 'clean';
     this.checkTrailing(chunk, end);
   }
@@ -131,38 +132,17 @@ class FastenSplit extends Transform {
       const c = chunk[i]!;
       if (c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09) continue;
       this.after = 'reported';
-      this.reject(this.scanner!.line, 'unexpected text after the Fasten export document');
+      this.records.reject(this.scanner!.line, 'unexpected text after the Fasten export document', () => undefined);
       return;
     }
   }
 
   private resource(text: string, line: number, mapType: string): void {
     const parsed = parseRecord(text);
-    if (parsed instanceof RecordRejected) return this.reject(line, `fhir.${mapType}: ${parsed.reason}`, text);
+    if (parsed instanceof RecordRejected) return this.records.reject(line, `fhir.${mapType}: ${parsed.reason}`, () => text);
     if (parsed.resourceType !== mapType) {
       this.options.onMisfiled?.({ mapType, resourceType: parsed.resourceType, source: this.options.source, line });
     }
-    this.emit1(parsed, line);
-  }
-
-  private emit1(resource: Resource, line: number): void {
-    this.options.account.read++;
-    this.batch.resources.push(resource);
-    this.batch.lines.push(line);
-  }
-
-  private reject(line: number, reason: string, text?: string): void {
-    this.options.account.read++;
-    this.options.rejects.reject({ source: this.options.source, line }, reason, () => text);
-  }
-
-  private newBatch(): Batch {
-    return { source: this.options.source, lines: [], resources: [] };
-  }
-
-  private flushBatch(): void {
-    if (this.batch.resources.length === 0) return;
-    this.push(this.batch);
-    this.batch = this.newBatch();
+    this.records.add(parsed, line);
   }
 }
