@@ -100,6 +100,36 @@ describe('SMART Backend Services', () => {
     expect(parseNdjson(run.stdout)).toHaveLength(450);
   });
 
+  it('a token refused during polling is renewed once, and the export goes on', async () => {
+    const rsa = await keyPair('RS384', 'rsa-1');
+    const s = await serve({
+      smart: { clientId: 'hx-test', jwks: { keys: [rsa.publicJwk] } },
+      polls: 2,
+      faults: [{ match: /^GET \/fhir\/status\//, skip: 1, fault: { kind: 'status', status: 401 } }],
+    });
+    const dir = tempDir();
+    writeFileSync(join(dir, 'key.jwk'), JSON.stringify(rsa.privateJwk));
+    const run = await hx(['bulk', 'export', '--base-url', s.base, '--client-id', 'hx-test', '--private-key', join(dir, 'key.jwk'), ...FAST]);
+    expect(run.code).toBe(0);
+    expect(s.tokensIssued).toBe(2);
+    expect(parseNdjson(run.stdout)).toHaveLength(450);
+  });
+
+  it('a second refusal of a fresh token during polling fails the run, saying why', async () => {
+    const rsa = await keyPair('RS384', 'rsa-1');
+    const s = await serve({
+      smart: { clientId: 'hx-test', jwks: { keys: [rsa.publicJwk] } },
+      polls: 2,
+      faults: [{ match: /^GET \/fhir\/status\//, skip: 1, times: 2, fault: { kind: 'status', status: 401 } }],
+    });
+    const dir = tempDir();
+    writeFileSync(join(dir, 'key.jwk'), JSON.stringify(rsa.privateJwk));
+    const run = await hx(['bulk', 'export', '--base-url', s.base, '--client-id', 'hx-test', '--private-key', join(dir, 'key.jwk'), ...FAST]);
+    expect(run.code).toBe(1);
+    expect(run.stderr).toContain('export status: HTTP 401');
+    expect(s.tokensIssued).toBe(2);
+  });
+
   it('a rejected assertion is reported with the error_description, and no secret is printed', async () => {
     const trusted = await keyPair('RS384', 'k1');
     const other = await keyPair('RS384', 'k1');

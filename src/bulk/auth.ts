@@ -2,7 +2,7 @@
  * Authorization for Bulk Data: none, a fixed bearer token, or SMART Backend
  * Services (client_credentials with a signed JWT client assertion,
  * RS384 or ES384). Tokens are cached and renewed before they expire, so a
- * long poll or download never sends a stale one; a 401 during a download
+ * long poll or download never sends a stale one; a 401 on a status poll or a download
  * forces a renewal (`invalidate`).
  */
 import { createPrivateKey, randomUUID, type KeyObject } from 'node:crypto';

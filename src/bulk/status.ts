@@ -6,7 +6,7 @@
  * paces the 202s. `DELETE` on the status URL cancels (or releases) an export.
  */
 import { HxError } from '../errors.js';
-import type { HttpClient } from '../http/client.js';
+import { HttpError, type HttpClient } from '../http/client.js';
 import { parseRetryAfter, sleep } from '../http/retry.js';
 import type { Auth } from './auth.js';
 import { header } from './kickoff.js';
@@ -30,8 +30,18 @@ export type StatusAnswer =
 
 /** One status request. */
 export async function checkStatus(client: HttpClient, auth: Auth, statusUrl: string, policy: PollPolicy, signal?: AbortSignal): Promise<StatusAnswer> {
-  await auth.ready();
-  const res = await client.fetch({ url: statusUrl, headers: { accept: 'application/json' }, what: 'export status', signal });
+  const request = async () => {
+    await auth.ready();
+    return client.fetch({ url: statusUrl, headers: { accept: 'application/json' }, what: 'export status', signal });
+  };
+  let res;
+  try {
+    res = await request();
+  } catch (err) {
+    // A token the server stopped accepting before it expired: renew it once and ask again.
+    if (!(err instanceof HttpError && err.status === 401 && auth.invalidate())) throw err;
+    res = await request();
+  }
   const text = await (res.body as unknown as { text(): Promise<string> }).text();
   if (res.status === 202) {
     return {
