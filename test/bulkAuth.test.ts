@@ -100,31 +100,29 @@ describe('SMART Backend Services', () => {
     expect(parseNdjson(run.stdout)).toHaveLength(450);
   });
 
-  it('a token refused during polling is renewed once, and the export goes on', async () => {
+  /** `hx bulk export` against a SMART server whose status URL answers 401 `times` times after its first poll. */
+  async function exportWithStatus401(times: number) {
     const rsa = await keyPair('RS384', 'rsa-1');
     const s = await serve({
       smart: { clientId: 'hx-test', jwks: { keys: [rsa.publicJwk] } },
       polls: 2,
-      faults: [{ match: /^GET \/fhir\/status\//, skip: 1, fault: { kind: 'status', status: 401 } }],
+      faults: [{ match: /^GET \/fhir\/status\//, skip: 1, times, fault: { kind: 'status', status: 401 } }],
     });
     const dir = tempDir();
     writeFileSync(join(dir, 'key.jwk'), JSON.stringify(rsa.privateJwk));
     const run = await hx(['bulk', 'export', '--base-url', s.base, '--client-id', 'hx-test', '--private-key', join(dir, 'key.jwk'), ...FAST]);
+    return { s, run };
+  }
+
+  it('a token refused during polling is renewed once, and the export goes on', async () => {
+    const { s, run } = await exportWithStatus401(1);
     expect(run.code).toBe(0);
     expect(s.tokensIssued).toBe(2);
     expect(parseNdjson(run.stdout)).toHaveLength(450);
   });
 
   it('a second refusal of a fresh token during polling fails the run, saying why', async () => {
-    const rsa = await keyPair('RS384', 'rsa-1');
-    const s = await serve({
-      smart: { clientId: 'hx-test', jwks: { keys: [rsa.publicJwk] } },
-      polls: 2,
-      faults: [{ match: /^GET \/fhir\/status\//, skip: 1, times: 2, fault: { kind: 'status', status: 401 } }],
-    });
-    const dir = tempDir();
-    writeFileSync(join(dir, 'key.jwk'), JSON.stringify(rsa.privateJwk));
-    const run = await hx(['bulk', 'export', '--base-url', s.base, '--client-id', 'hx-test', '--private-key', join(dir, 'key.jwk'), ...FAST]);
+    const { s, run } = await exportWithStatus401(2);
     expect(run.code).toBe(1);
     expect(run.stderr).toContain('export status: HTTP 401');
     expect(s.tokensIssued).toBe(2);
