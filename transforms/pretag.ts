@@ -21,6 +21,7 @@
  * resources of the batches it is handed.
  */
 import { Duplex } from 'node:stream';
+import type { Account } from '../src/account.js';
 import { RecordRejected } from '../src/errors.js';
 import { CONTRADICTORY, EVER, NEVER, PatientStates } from '../src/pretag/patientStates.js';
 import { Spool } from '../src/pretag/spool.js';
@@ -283,15 +284,11 @@ export function pretagStage(options: PretagOptions, ctx: StageContext): Duplex {
     stats.mode = 'two-pass';
     return Duplex.from(async function* (batches: AsyncIterable<Batch>) {
       const states = new PatientStates();
-      const expected = await settlePatients(rescan(), states, stats);
+      const expected = await settlePatients(rescan(), states);
+      noteStates(states, stats);
       const contradictory = (resource: Resource) => states.get(subjectReference(resource)) === CONTRADICTORY;
       for await (const batch of batches) yield tagger.batch(batch, contradictory);
-      if (stats.smokingObservations !== expected) {
-        ctx.account.warn(
-          `pretag: the first read found ${expected} smoking-status Observations, the second ${stats.smokingObservations}: ` +
-            'did the input change during the run? Their smoking_contradiction tags may be wrong',
-        );
-      }
+      warnIfPassesDiffer(expected, stats, ctx.account);
     });
   }
   stats.mode = 'spool';
@@ -329,19 +326,20 @@ export function pretagStage(options: PretagOptions, ctx: StageContext): Duplex {
   });
 }
 
-/** Pass one: the smoking status of every patient. Returns the number of smoking-status Observations. */
-async function settlePatients(batches: AsyncIterable<Batch>, states: PatientStates, stats: PretagStats): Promise<number> {
+/**
+ * Pass one: the smoking status of every patient, into `states`. Returns the
+ * number of smoking-status Observations (the second pass must meet as many).
+ */
+export async function settlePatients(batches: AsyncIterable<Batch>, states: PatientStates): Promise<number> {
   let count = 0;
   for await (const batch of batches) {
     for (const resource of batch.resources) {
-      if (resource.resourceType !== 'Observation') continue;
       const status = smokingStatus(resource);
       if (status === undefined) continue;
       count++;
       if (status !== 'unknown') states.mark(subjectReference(resource), status === 'never' ? NEVER : EVER);
     }
   }
-  noteStates(states, stats);
   return count;
 }
 
@@ -369,7 +367,17 @@ async function spoolSmoking(batch: Batch, spool: Spool, states: PatientStates): 
   return rest ?? batch;
 }
 
-function noteStates(states: PatientStates, stats: PretagStats): void {
+/** Two passes over files that changed in between: the tags may be wrong, and the run says so. */
+export function warnIfPassesDiffer(firstPass: number, stats: PretagStats, account: Account): void {
+  if (stats.smokingObservations === firstPass) return;
+  account.warn(
+    `pretag: the first read found ${firstPass} smoking-status Observations, the second ${stats.smokingObservations}: ` +
+      'did the input change during the run? Their smoking_contradiction tags may be wrong',
+  );
+}
+
+/** The patient table's figures, into the stage's stats. */
+export function noteStates(states: PatientStates, stats: PretagStats): void {
   stats.peakPatients = Math.max(stats.peakPatients, states.size);
   stats.patientStateBytes = Math.max(stats.patientStateBytes, states.bytes);
   stats.contradictoryPatients = states.count(CONTRADICTORY);

@@ -5,10 +5,11 @@ import {
   mayBeSmokingStatus,
   SMOKING_NEEDLES,
   newPretagStats,
+  noteStates,
   PRETAG_CODES,
   pretagStage as pretagTransform,
-  smokingStatus,
-  subjectReference,
+  settlePatients,
+  warnIfPassesDiffer,
   type PretagStats,
   type PretagCode,
   type PretagRules,
@@ -17,9 +18,8 @@ import { Account } from '../../account.js';
 import { UsageError } from '../../errors.js';
 import { readInputs } from '../../io/input.js';
 import { Rejects } from '../../rejects.js';
-import { CONTRADICTORY, EVER, NEVER, PatientStates } from '../../pretag/patientStates.js';
+import { PatientStates } from '../../pretag/patientStates.js';
 import { mapBatch } from '../../stage.js';
-import type { Batch } from '../../types.js';
 import { checkWorkers, parallelSerialize } from '../../io/workers.js';
 import { buildJob, PRETAG_COUNTERS, type JobCore, type WorkerJob } from '../../io/workerJobs.js';
 import { withInputOptions, withOutputOptions, withWorkersOption, type InputArgs, type OutputArgs } from '../common.js';
@@ -149,9 +149,7 @@ function parallelPlan(argv: PretagArgs, rules: PretagRules, workers: number, res
             if (rescan) {
               states = new PatientStates();
               expected = await settlePatients(rescan(), states);
-              stats.peakPatients = states.size;
-              stats.patientStateBytes = states.bytes;
-              stats.contradictoryPatients = states.count(CONTRADICTORY);
+              noteStates(states, stats);
             }
             const job: WorkerJob = { kind: 'pretag', rules: [...rules], states };
             here = buildJob(job);
@@ -164,32 +162,13 @@ function parallelPlan(argv: PretagArgs, rules: PretagRules, workers: number, res
           },
           addCounters: add,
           ended: () => {
-            if (rescan && stats.smokingObservations !== expected) {
-              ctx.account.warn(
-                `pretag: the first read found ${expected} smoking-status Observations, the second ${stats.smokingObservations}: ` +
-                  'did the input change during the run? Their smoking_contradiction tags may be wrong',
-              );
-            }
+            if (rescan) warnIfPassesDiffer(expected, stats, ctx.account);
           },
         },
         ctx,
       );
     },
   };
-}
-
-/** The first pass (as `pretagStage` makes it): every patient's smoking status; returns the number of smoking-status Observations. */
-async function settlePatients(batches: AsyncIterable<Batch>, states: PatientStates): Promise<number> {
-  let count = 0;
-  for await (const batch of batches) {
-    for (const resource of batch.resources) {
-      const status = smokingStatus(resource);
-      if (status === undefined) continue;
-      count++;
-      if (status !== 'unknown') states.mark(subjectReference(resource), status === 'never' ? NEVER : EVER);
-    }
-  }
-  return count;
 }
 
 /** `--rules a,b` (snake or kebab case), less every `--no-<rule>`. */
