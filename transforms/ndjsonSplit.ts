@@ -456,11 +456,6 @@ class NdjsonSplit extends Transform {
       empty: () => this.options.account.entriesWithoutResource++,
     });
   }
-
-  private reject(line: number, reason: string, text: () => string | undefined): void {
-    this.options.account.read++;
-    this.options.rejects.reject({ source: this.options.source, line }, reason, text);
-  }
 }
 
 /** The next occurrence of any of a few byte strings, each searched once per chunk. */
