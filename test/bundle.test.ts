@@ -7,7 +7,9 @@ import { Rejects } from '../src/rejects.js';
 import type { Batch, Resource } from '../src/types.js';
 import { KeySet } from '../src/util/keySet.js';
 import {
+  BundleAssembler,
   BundleFormat,
+  EntryEncoder,
   bundleEntry,
   entryUuid,
   requestUrl,
@@ -93,13 +95,30 @@ describe('BundleFormat --pretty', () => {
     expect(format.empty).toBe(JSON.stringify(JSON.parse(format.empty), null, 2));
   });
 
-  it('measures entry bytes without scanning the entry: equal to Buffer.byteLength', () => {
+  it('encoded entries (as a worker sends them) assemble to the text of the string entries, UUIDs and non-ASCII included', () => {
+    const resources = [patient('1', { name: 'Zoë 😀' }), patient(undefined, { text: 'ü' }), patient('a b'), patient(null), patient('1')];
+    const batch: Batch = { source: 's', lines: resources.map((_, i) => i + 1), resources };
     for (const options of [{}, { pretty: true }, { fullUrl: 'https://h/é' }, { fullUrl: 'https://h', type: 'collection' as const }]) {
       const format = new BundleFormat(options);
-      for (const r of [patient('1', { name: 'Zoë 😀' }), patient(undefined, { text: 'ü' }), patient('a b')]) {
-        const text = format.entry(r, requestUrl(r), 1);
-        expect(format.entryBytes(text)).toBe(Buffer.byteLength(text));
-      }
+      // Two batches: positions (the UUIDs' input) continue across them; a seen (type, id) is a duplicate.
+      const dup = new Set([4, 5, 7, 9]);
+      const expected =
+        format.head +
+        [...resources, ...resources]
+          .map((r, i) => (dup.has(i) ? undefined : format.entry(r, requestUrl(r), i + 1)))
+          .filter((text) => text !== undefined)
+          .join(format.separator) +
+        format.tail +
+        '\n';
+      const pieces: Buffer[] = [];
+      const account = new Account();
+      const ctx = { account, rejects: new Rejects(account) };
+      const assembler = new BundleAssembler(options, ctx, (piece) => pieces.push(Buffer.from(piece)));
+      const encoder = new EntryEncoder(options);
+      assembler.addEncoded(structuredClone(encoder.encode(batch, ctx)));
+      assembler.addEncoded(structuredClone(encoder.encode(batch, ctx)));
+      assembler.finish();
+      expect(Buffer.concat(pieces).toString()).toBe(expected);
     }
   });
 });

@@ -27,6 +27,7 @@ import { HttpError, type HttpClient } from '../src/http/client.js';
 import { Checkpoint, chunkDigest, type ServerSums } from '../src/ingest/checkpoint.js';
 import type { StageContext } from '../src/stage.js';
 import type { Batch, Resource } from '../src/types.js';
+import { ByteBuilder } from '../src/io/byteBuilder.js';
 import { BundleAssembler } from './toTransactionBundle.js';
 
 export type IngestMode = 'ingest' | 'transaction';
@@ -108,7 +109,8 @@ class IngestSink extends Writable {
   private readonly checkpoint: Checkpoint;
   private readonly inFlight = new Set<Promise<void>>();
   private open: Chunk;
-  private readonly buffer = new ChunkBuffer();
+  /** The open chunk's bytes: no copy for the request (undici sends a Buffer as is). */
+  private readonly buffer = new ByteBuilder(1 << 20);
   private next = 1;
   private failure: Error | undefined;
   private readonly one: Batch = { source: '', lines: [0], resources: [] };
@@ -162,7 +164,8 @@ class IngestSink extends Writable {
         one.resources[0] = resource;
         const before = this.chunkAccount.written;
         this.assembler.add(one);
-        if (this.chunkAccount.written !== before) this.countType(resource);
+        // An entry placed now is in the open chunk: the assembler closes a full one before placing.
+        if (this.chunkAccount.written !== before) this.countEntry(resource);
       }
     } catch (err) {
       return callback(err as Error);
@@ -187,7 +190,8 @@ class IngestSink extends Writable {
     if (this.checkpoint.resumed > 0 || this.options.checkpoint) stats.total = this.checkpoint.sums;
   }
 
-  private countType(resource: Resource): void {
+  private countEntry(resource: Resource): void {
+    this.open.entries++;
     const types = this.open.types;
     types.set(resource.resourceType, (types.get(resource.resourceType) ?? 0) + 1);
   }
@@ -197,16 +201,12 @@ class IngestSink extends Writable {
   }
 
   /** Text from the assembler: pieces of the open Bundle, its end marked. */
-  private piece(piece: string, endsBundle: boolean): void {
-    if (!endsBundle) {
-      this.buffer.append(piece);
-      this.open.entries++;
-      return;
-    }
+  private piece(piece: string | Uint8Array, endsBundle: boolean): void {
+    this.buffer.append(piece);
+    if (!endsBundle) return;
     const chunk = this.open;
     // The tail ends with the newline that separates NDJSON Bundles: not part of a request body.
-    this.buffer.append(piece.endsWith('\n') ? piece.slice(0, -1) : piece);
-    chunk.body = this.buffer.take();
+    chunk.body = this.buffer.take().subarray(0, -1);
     this.open = this.newChunk();
     this.dispatch(chunk);
   }
@@ -316,44 +316,6 @@ export async function postChunk(
 }
 
 const EMPTY = Buffer.alloc(0);
-
-/**
- * The bytes of the Bundle being assembled, written straight into one
- * growing Buffer: no string concatenation to flatten, no copy for the
- * request (undici sends a Buffer as is), at most twice the chunk in memory.
- */
-class ChunkBuffer {
-  private buf = Buffer.allocUnsafe(0);
-  private length = 0;
-  /** Size of the last chunk's buffer: the next one starts there, so growth happens once per run. */
-  private size = 1 << 20;
-
-  append(text: string): void {
-    // A UTF-16 unit takes at most 3 UTF-8 bytes; measure exactly only near the end of the buffer.
-    if (this.length + text.length * 3 > this.buf.length) {
-      const need = this.length + Buffer.byteLength(text);
-      if (need > this.buf.length) this.grow(need);
-    }
-    this.length += this.buf.write(text, this.length, 'utf8');
-  }
-
-  /** The chunk's bytes; the next chunk gets a new buffer. */
-  take(): Buffer {
-    const body = this.buf.subarray(0, this.length);
-    this.size = Math.max(this.size, this.buf.length);
-    this.buf = Buffer.allocUnsafe(0);
-    this.length = 0;
-    return body;
-  }
-
-  private grow(need: number): void {
-    let size = Math.max(this.size, this.buf.length * 2);
-    while (size < need) size *= 2;
-    const grown = Buffer.allocUnsafe(size);
-    this.buf.copy(grown, 0, 0, this.length);
-    this.buf = grown;
-  }
-}
 
 function ingestAnswer(value: Record<string, unknown> | undefined, sent: number, what: string): ChunkAnswer {
   const resourceCount = value?.resource_count;

@@ -31,7 +31,7 @@ import { finished } from 'node:stream/promises';
 import { HxError, RecordRejected } from '../src/errors.js';
 import type { StageContext } from '../src/stage.js';
 import type { Batch, Resource } from '../src/types.js';
-import { Utf8Builder } from '../src/io/serialize.js';
+import { ByteBuilder } from '../src/io/byteBuilder.js';
 import { KeySet } from '../src/util/keySet.js';
 
 export type BundleType = 'transaction' | 'batch' | 'collection';
@@ -131,7 +131,6 @@ export class BundleFormat {
   private readonly close: string;
   private readonly fullUrlKey: string;
   private readonly fullUrlEnd: string;
-  private readonly baseIsNonAscii: boolean;
 
   constructor(options: EntryOptions = {}) {
     const type = options.type ?? 'transaction';
@@ -166,7 +165,6 @@ export class BundleFormat {
       this.close = '}';
     }
     this.basePrefix = base === undefined ? undefined : this.fullUrlKey + base;
-    this.baseIsNonAscii = base !== undefined && Buffer.byteLength(base) !== base.length;
   }
 
   /**
@@ -174,16 +172,19 @@ export class BundleFormat {
    * 1-based ordinal in the stream) names a resource without an id.
    */
   entry(resource: Resource, url: string | undefined, position: number): string {
+    return this.entryText(resource, url, (compact) => entryUuid(compact, position));
+  }
+
+  /**
+   * The entry with `uuid(compact JSON)` as the name of a resource without an
+   * id. That name, when there is one, starts `uuidOffset` bytes into the entry.
+   */
+  entryText(resource: Resource, url: string | undefined, uuid: (compact: string) => string): string {
     const compact = JSON.stringify(resource);
     const json = this.pretty ? JSON.stringify(resource, null, 2).replaceAll('\n', '\n      ') : compact;
-    this.json = json;
-    this.nonAscii = false;
     let text = this.open;
-    if (url === undefined) text += this.fullUrlKey + 'urn:uuid:' + entryUuid(compact, position) + this.fullUrlEnd;
-    else if (this.basePrefix !== undefined) {
-      text += this.basePrefix + url + this.fullUrlEnd;
-      this.nonAscii = this.baseIsNonAscii;
-    }
+    if (url === undefined) text += this.fullUrlKey + 'urn:uuid:' + uuid(compact) + this.fullUrlEnd;
+    else if (this.basePrefix !== undefined) text += this.basePrefix + url + this.fullUrlEnd;
     text += this.resourceKey + json;
     if (this.withRequest) {
       text += url === undefined ? this.postRequest + resource.resourceType : this.putRequest + url;
@@ -192,18 +193,10 @@ export class BundleFormat {
     return text + this.close;
   }
 
-  /**
-   * UTF-8 bytes of `text`, the entry just made. Only the resource's JSON (a
-   * flat string) is measured: every other piece is ASCII but the base URL,
-   * so the concatenated entry is never scanned (or flattened) twice.
-   */
-  entryBytes(text: string): number {
-    if (this.nonAscii) return Buffer.byteLength(text);
-    return Buffer.byteLength(this.json) + text.length - this.json.length;
+  /** Bytes from the start of an entry without an id to its UUID (all ASCII before it). */
+  get uuidOffset(): number {
+    return (this.open + this.fullUrlKey + 'urn:uuid:').length;
   }
-
-  private json = '';
-  private nonAscii = false;
 }
 
 /**
@@ -217,16 +210,103 @@ export function bundleEntry(resource: Resource, options: EntryOptions = {}, posi
   return new BundleFormat(options).entry(resource, requestUrl(resource), position);
 }
 
-/** Receives the output text; `endsBundle` marks the last piece of a Bundle (chunk). */
-export type BundleEmit = (text: string, endsBundle: boolean) => void;
+/**
+ * The entries of a batch as UTF-8, ready for `BundleAssembler.addEncoded`:
+ * made by an `EntryEncoder`, on this thread or in a worker thread (all of it
+ * crosses the thread boundary as a structured clone, `bytes` transferred).
+ */
+export interface EncodedEntries {
+  /** Each entry's text preceded by the separator, back to back. */
+  bytes: Uint8Array;
+  /** Where entry i ends in `bytes`; it starts where entry i − 1 ends (0 for the first). */
+  ends: number[];
+  types: string[];
+  /**
+   * The id of each entry, or null for a resource without one: its fullUrl
+   * then holds a placeholder UUID that the assembler fills in, as that name
+   * depends on the resource's position in the whole stream.
+   */
+  ids: (string | null)[];
+  /** For each entry without an id, in order: its compact JSON and its index among the records given. */
+  noId: { compact: string; index: number }[];
+  /** Records given to the encoder, rejected ones included: each takes a position in the stream. */
+  given: number;
+}
+
+const UUID_PLACEHOLDER = '00000000-0000-0000-0000-000000000000';
 
 /**
- * The cross-record state of the stage: dedupe set, open Bundle, budgets.
- * Every Bundle it emits is followed by a newline, so chunks form NDJSON.
+ * The per-record half of the stage, with no cross-record state: each
+ * resource's entry text, its size checked against `maxBytes` (an entry that
+ * fits no Bundle is rejected here), encoded once into one buffer per batch.
+ */
+export class EntryEncoder {
+  private readonly format: BundleFormat;
+  private readonly out = new ByteBuilder();
+  private readonly separator: string;
+  private readonly frameBytes: number;
+  private readonly maxBytes: number;
+  private compact = '';
+  private readonly placeholder = (compact: string) => {
+    this.compact = compact;
+    return UUID_PLACEHOLDER;
+  };
+
+  constructor(options: EntryOptions & Pick<BundleOptions, 'maxBytes'>) {
+    this.format = new BundleFormat(options);
+    this.separator = this.format.separator;
+    this.frameBytes = Buffer.byteLength(this.format.head) + Buffer.byteLength(this.format.tail);
+    this.maxBytes = options.maxBytes ?? Infinity;
+  }
+
+  encode(batch: Batch, ctx: StageContext): EncodedEntries {
+    const { resources, lines, source } = batch;
+    const out = this.out;
+    const encoded: EncodedEntries = { bytes: EMPTY, ends: [], types: [], ids: [], noId: [], given: resources.length };
+    for (let i = 0; i < resources.length; i++) {
+      const resource = resources[i]!;
+      let url: string | undefined;
+      try {
+        url = requestUrl(resource);
+      } catch (err) {
+        if (!(err instanceof RecordRejected)) throw err;
+        ctx.rejects.reject({ source, line: lines[i]! }, `${resource.resourceType}: ${err.reason}`, () => JSON.stringify(resource));
+        continue;
+      }
+      const start = out.length;
+      out.append(this.separator);
+      const bytes = out.append(this.format.entryText(resource, url, this.placeholder));
+      if (this.frameBytes + bytes > this.maxBytes) {
+        out.truncate(start);
+        const size = `${url ?? resource.resourceType}: ${this.frameBytes + bytes} bytes in a Bundle of its own, budget ${this.maxBytes}`;
+        ctx.rejects.reject({ source, line: lines[i]! }, `entry larger than --max-bytes (${size})`, () => JSON.stringify(resource));
+        continue;
+      }
+      encoded.ends.push(out.length);
+      encoded.types.push(resource.resourceType);
+      encoded.ids.push(url === undefined ? null : resource.id!);
+      if (url === undefined) encoded.noId.push({ compact: this.compact, index: i });
+    }
+    encoded.bytes = out.copy();
+    return encoded;
+  }
+}
+
+const EMPTY = new Uint8Array(0);
+
+/** Receives the output; `endsBundle` marks the last piece of a Bundle (chunk). */
+export type BundleEmit = (piece: string | Uint8Array, endsBundle: boolean) => void;
+
+/**
+ * The cross-record state of the stage: dedupe set, open Bundle, budgets,
+ * positions. Every Bundle it emits is followed by a newline, so chunks form
+ * NDJSON. Entries come encoded (`addEncoded`, from worker threads) or as
+ * Batches (`add`, encoded here the same way).
  */
 export class BundleAssembler {
   readonly stats: BundleStats;
   private readonly format: BundleFormat;
+  private readonly encoder: EntryEncoder;
   private readonly keys: KeySet | undefined;
   private readonly chunked: boolean;
   private readonly maxEntries: number;
@@ -234,6 +314,7 @@ export class BundleAssembler {
   private readonly headBytes: number;
   private readonly separatorBytes: number;
   private readonly tailBytes: number;
+  private readonly uuidOffset: number;
   private position = 0;
   private open = false;
   private chunkEntries = 0;
@@ -252,6 +333,7 @@ export class BundleAssembler {
     private readonly emit: BundleEmit,
   ) {
     this.format = new BundleFormat(options);
+    this.encoder = new EntryEncoder(options);
     this.keys = options.dedupe === false ? undefined : new KeySet({ seed: options.dedupeSeed });
     this.chunked = options.maxEntries !== undefined || options.maxBytes !== undefined;
     if (this.chunked && !this.keys) this.chunkKeys = new Set();
@@ -260,6 +342,7 @@ export class BundleAssembler {
     this.headBytes = Buffer.byteLength(this.format.head);
     this.separatorBytes = Buffer.byteLength(this.format.separator);
     this.tailBytes = Buffer.byteLength(this.format.tail);
+    this.uuidOffset = this.format.uuidOffset;
     this.stats = ctx.account.stage('bundle', () => ({
       type: options.type ?? 'transaction',
       entries: 0,
@@ -271,39 +354,65 @@ export class BundleAssembler {
   }
 
   add(batch: Batch): void {
-    const { resources, lines, source } = batch;
-    const { account, rejects } = this.ctx;
-    const measure = this.maxBytes !== Infinity;
-    for (let i = 0; i < resources.length; i++) {
-      const resource = resources[i]!;
-      const position = ++this.position;
-      let url: string | undefined;
-      try {
-        url = requestUrl(resource);
-      } catch (err) {
-        if (!(err instanceof RecordRejected)) throw err;
-        rejects.reject({ source, line: lines[i]! }, `${resource.resourceType}: ${err.reason}`, () => JSON.stringify(resource));
-        continue;
-      }
-      // Text before dedupe: a duplicate costs a wasted stringify, but an entry
-      // rejected for its size never claims its key from a later one.
-      const text = this.format.entry(resource, url, position);
-      const bytes = measure ? this.format.entryBytes(text) : 0;
-      if (this.headBytes + bytes + this.tailBytes > this.maxBytes) {
-        const name = url ?? resource.resourceType;
-        const size = `${name}: ${this.headBytes + bytes + this.tailBytes} bytes in a Bundle of its own, budget ${this.maxBytes}`;
-        rejects.reject({ source, line: lines[i]! }, `entry larger than --max-bytes (${size})`, () => JSON.stringify(resource));
-        continue;
-      }
-      if (url !== undefined && this.keys !== undefined && !this.keys.addPair(resource.resourceType, resource.id!)) {
+    this.addEncoded(this.encoder.encode(batch, this.ctx));
+  }
+
+  /**
+   * Places encoded entries: drops duplicates (after the size check, so an
+   * entry rejected for its size never claims its key from a later one),
+   * names the id-less, cuts Bundles, and emits runs of consecutive entries
+   * as slices of `encoded.bytes`.
+   */
+  addEncoded(encoded: EncodedEntries): void {
+    const { ends, types, ids, noId } = encoded;
+    const bytes = Buffer.from(encoded.bytes.buffer, encoded.bytes.byteOffset, encoded.bytes.byteLength);
+    const { account } = this.ctx;
+    const separatorBytes = this.separatorBytes;
+    let run = -1; // start of the bytes placed but not yet emitted
+    let start = 0;
+    let named = 0;
+    const emitRun = (end: number) => {
+      if (run >= 0 && end > run) this.emit(bytes.subarray(run, end), false);
+      run = -1;
+    };
+    for (let i = 0; i < ends.length; start = ends[i++]!) {
+      const type = types[i]!;
+      const id = ids[i]!;
+      if (id !== null && this.keys !== undefined && !this.keys.addPair(type, id)) {
+        emitRun(start);
         account.countDropped(DUPLICATE_REASON);
         this.stats.duplicatesDropped++;
         continue;
       }
-      if (url === undefined) this.stats.withoutId++;
-      this.place(text, bytes, url);
-      account.countWritten(resource.resourceType);
+      if (id === null) {
+        const { compact, index } = noId[named++]!;
+        bytes.write(entryUuid(compact, this.position + index + 1), start + separatorBytes + this.uuidOffset, 'latin1');
+        this.stats.withoutId++;
+      }
+      const entryBytes = ends[i]! - start - separatorBytes;
+      const chunkKey = this.chunkKeys !== undefined && id !== null ? type + '/' + id : undefined;
+      if (this.open && this.isFull(entryBytes, chunkKey)) {
+        emitRun(start);
+        this.closeBundle();
+      }
+      if (chunkKey !== undefined) this.chunkKeys!.add(chunkKey);
+      if (this.open) {
+        if (run < 0) run = start;
+        this.chunkBytes += separatorBytes + entryBytes;
+      } else {
+        this.open = true;
+        this.stats.chunks++;
+        this.chunkEntries = 0;
+        this.emit(this.format.head, false);
+        run = start + separatorBytes;
+        this.chunkBytes = this.headBytes + entryBytes;
+      }
+      this.chunkEntries++;
+      this.stats.entries++;
+      account.countWritten(type);
     }
+    emitRun(start);
+    this.position += encoded.given;
   }
 
   /** Closes the open Bundle; in single-Bundle mode, writes an empty one if nothing came. */
@@ -321,27 +430,13 @@ export class BundleAssembler {
     }
   }
 
-  private place(text: string, bytes: number, url: string | undefined): void {
-    if (this.open) {
-      const full =
-        this.chunkEntries >= this.maxEntries ||
-        this.chunkBytes + this.separatorBytes + bytes + this.tailBytes > this.maxBytes ||
-        (url !== undefined && this.chunkKeys?.has(url) === true);
-      if (full) this.closeBundle();
-    }
-    if (url !== undefined) this.chunkKeys?.add(url);
-    if (this.open) {
-      this.emit(this.format.separator + text, false);
-      this.chunkBytes += this.separatorBytes + bytes;
-    } else {
-      this.open = true;
-      this.stats.chunks++;
-      this.chunkEntries = 0;
-      this.emit(this.format.head + text, false);
-      this.chunkBytes = this.headBytes + bytes;
-    }
-    this.chunkEntries++;
-    this.stats.entries++;
+  /** Whether an entry of `bytes` (keyed `chunkKey` without dedupe) must start the next Bundle. */
+  private isFull(bytes: number, chunkKey: string | undefined): boolean {
+    return (
+      this.chunkEntries >= this.maxEntries ||
+      this.chunkBytes + this.separatorBytes + bytes + this.tailBytes > this.maxBytes ||
+      (chunkKey !== undefined && this.chunkKeys!.has(chunkKey))
+    );
   }
 
   private closeBundle(): void {
@@ -356,9 +451,9 @@ export class BundleAssembler {
  * Bundle per line when a budget is set. One Buffer per batch keeps writes few.
  */
 export function toTransactionBundle(options: BundleOptions, ctx: StageContext): Transform {
-  const text = new Utf8Builder();
-  const assembler = new BundleAssembler(options, ctx, (piece) => text.add(piece));
-  const take = (): Buffer | undefined => (text.empty ? undefined : text.take());
+  const out = new ByteBuilder();
+  const assembler = new BundleAssembler(options, ctx, (piece) => out.append(piece));
+  const take = (): Buffer | undefined => (out.length === 0 ? undefined : out.take());
   return new Transform({
     writableObjectMode: true,
     transform(batch: Batch, _encoding, callback) {
@@ -400,10 +495,10 @@ export function bundleFiles(dir: string, options: BundleOptions, ctx: StageConte
 
 class BundleFiles extends Writable {
   private readonly assembler: BundleAssembler;
-  /** Text of the Bundle being written not yet handed to its file. */
-  private pending = '';
-  /** Output of the batch being processed: text pieces, `null` where a Bundle ends. */
-  private pieces: (string | null)[] = [];
+  /** Bytes of the Bundle being written not yet handed to its file. */
+  private readonly pending = new ByteBuilder();
+  /** Output of the batch being processed: pieces of bytes, `null` where a Bundle ends. */
+  private pieces: (Buffer | null)[] = [];
   private file: WriteStream | undefined;
   private temp = '';
   private readonly written: string[] = [];
@@ -418,8 +513,8 @@ class BundleFiles extends Writable {
     if (readdirSync(dir).some((name) => CHUNK_FILE.test(name))) {
       throw new HxError(`${dir} already holds bundle-*.json files (from an earlier run?): remove them or choose another folder`);
     }
-    this.assembler = new BundleAssembler(options, ctx, (text, endsBundle) => {
-      this.pending += text;
+    this.assembler = new BundleAssembler(options, ctx, (piece, endsBundle) => {
+      this.pending.append(piece);
       if (endsBundle) this.takePending(true);
       else if (this.pending.length >= 1 << 20) this.takePending(false);
     });
@@ -455,8 +550,7 @@ class BundleFiles extends Writable {
   }
 
   private takePending(endsBundle: boolean): void {
-    if (this.pending !== '') this.pieces.push(this.pending);
-    this.pending = '';
+    if (this.pending.length > 0) this.pieces.push(this.pending.take());
     if (endsBundle) this.pieces.push(null);
   }
 
