@@ -17,6 +17,8 @@ export class Account {
   /** Bundle entries that carried no resource (a DELETE request, say). */
   entriesWithoutResource = 0;
   warnings = 0;
+  /** Worker threads that parsed and transformed records (0: all of it on the main thread). */
+  workerThreads = 0;
   readonly writtenByType = new Map<string, number>();
   readonly rejectedByReason = new Map<string, number>();
   readonly droppedByReason = new Map<string, number>();
@@ -66,6 +68,7 @@ export class Account {
       skippedBlank: this.skippedBlank,
       entriesWithoutResource: this.entriesWithoutResource,
       warnings: this.warnings,
+      workerThreads: this.workerThreads,
       writtenByType: sortedObject(this.writtenByType),
       rejectedByReason: sortedObject(this.rejectedByReason),
       droppedByReason: sortedObject(this.droppedByReason),

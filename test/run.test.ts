@@ -41,25 +41,26 @@ async function unixPipe(commands: string[][], input: string[]): Promise<Buffer> 
 }
 
 describe('hx run', () => {
-  it('writes the bytes of the unix pipe deid | pretag | bundle, in one process', async () => {
+  it.each([1, 2])('writes the bytes of the unix pipe deid | pretag | bundle, in one process (--workers %i)', async (workers) => {
     const piped = await unixPipe([['deid', ...DEID], ['pretag'], ['bundle']], [corpus]);
-    const out = join(dir, 'run.json');
-    const report = join(dir, 'report.json');
-    const r = await hx(['run', `deid ${DEID.join(' ')} | pretag | bundle -o ${out}`, corpus, '--report', report], { env });
+    const out = join(dir, `run-${workers}.json`);
+    const report = join(dir, `report-${workers}.json`);
+    const r = await hx(['run', `deid ${DEID.join(' ')} | pretag | bundle -o ${out}`, corpus, '--report', report, '--workers', String(workers)], { env });
     expect(r.code, r.stderr).toBe(0);
     expect(readFileSync(out).equals(piped)).toBe(true);
     const account = JSON.parse(readFileSync(report, 'utf8'));
     expect(account.balanced).toBe(true);
+    expect(account.workerThreads).toBe(workers === 1 ? 0 : workers);
     // The corpus has contradictory smokers: the spool path of pretag was taken and tagged them.
     expect(account.stages.pretag.mode).toBe('spool');
     expect(account.stages.pretag.tagsAdded.smoking_contradiction).toBeGreaterThan(0);
     expect(account.stages.deid.profile).toBe('safe-harbor');
   });
 
-  it('pretag first reads the files twice, as `hx pretag FILE` does', async () => {
+  it.each([1, 2])('pretag first reads the files twice, as `hx pretag FILE` does (--workers %i)', async (workers) => {
     const piped = await unixPipe([['pretag'], ['bundle', '--max-entries', '50']], [corpus]);
-    const report = join(dir, 'report2.json');
-    const r = await hx(['run', 'pretag | bundle --max-entries 50', corpus, '--report', report], { env });
+    const report = join(dir, `report2-${workers}.json`);
+    const r = await hx(['run', 'pretag | bundle --max-entries 50', corpus, '--report', report, '--workers', String(workers)], { env });
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout.equals(piped)).toBe(true);
     expect(JSON.parse(readFileSync(report, 'utf8')).stages.pretag.mode).toBe('two-pass');
@@ -82,6 +83,7 @@ describe('hx run', () => {
     ['deid -v | bundle', /-v applies to the whole run/],
     ['deid --rejects x.ndjson | bundle', /--rejects applies to the whole run/],
     ['deid -o x | bundle', /-o applies to the whole run/],
+    ['deid --workers 2 | bundle', /--workers applies to the whole run/],
     ['deid || bundle', /empty stage/],
     ['deid "a', /unclosed double quote/],
     ['deid a.ndjson | bundle', /input files go after the pipeline/],

@@ -31,6 +31,8 @@ beforeAll(async () => {
       '{"request":{"method":"DELETE","url":"Patient/x"}}]}',
     `{"resourceType":"Basic","id":"long","text":"${'x'.repeat(3000)}"}`, // over --max-line-bytes 2000
     '{"resourceType":"Observation","id":"ext","status":"final","extension":{"url":"http://x"}}', // pretag cannot add its tag
+    '{"resourceType":"Basic","code":{"text":"no id"}}', // bundle names it by its position in the stream
+    '{"resourceType":"Patient","id":"dup-1"}', // bundle keeps the first
   ];
   const out: string[] = [];
   for (const [i, line] of lines.entries()) {
@@ -42,6 +44,10 @@ beforeAll(async () => {
   writeFileSync(messy, messyText);
 });
 
+function countOf(text: string, needle: string): number {
+  return text.split(needle).length - 1;
+}
+
 /** One run with a reject file and a report; returns what it wrote, the account and the rejected rows. */
 async function runWith(args: string[], workers: number, tag: string, stdin?: string) {
   const rejects = join(dir, `rejects-${tag}-${workers}.ndjson`);
@@ -51,7 +57,8 @@ async function runWith(args: string[], workers: number, tag: string, stdin?: str
     stdin,
   });
   expect(r.code, r.stderr).toBe(0);
-  const { elapsedSeconds: _elapsed, ...account } = JSON.parse(readFileSync(report, 'utf8'));
+  const { elapsedSeconds: _elapsed, workerThreads, ...account } = JSON.parse(readFileSync(report, 'utf8'));
+  expect(workerThreads).toBe(workers === 1 ? 0 : workers);
   const rows = readFileSync(rejects, 'utf8').split('\n').filter(Boolean).map((line) => JSON.parse(line));
   return { stdout: r.stdout, stderr: r.stderr, account, rows };
 }
@@ -92,6 +99,30 @@ describe('--workers', () => {
     expect(two.account.stages.pretag).toEqual(one.account.stages.pretag);
     expect(two.stdout.equals(one.stdout)).toBe(true);
     expect(two.rows.some((row) => row.reason === 'Observation: extension is not an array (cannot add a pre-tag)')).toBe(true);
+  });
+
+  it.each([
+    ['bundle', ['bundle', '--max-bytes', '64KiB']],
+    ['bundle --no-dedupe', ['bundle', '--no-dedupe', '--max-entries', '40']],
+    ['run deid | pretag | bundle', ['run', `${DEID.join(' ')} | pretag | bundle --max-bytes 64KiB`]],
+    ['run pretag | deid', ['run', `pretag | ${DEID.join(' ')}`]],
+    ['run cat | pretag --no-h-flag-titer | bundle', ['run', 'cat | pretag --no-h-flag-titer | bundle --type collection']],
+  ])('hx %s: the main thread assembles what the workers made, as one thread does', async (tag, command) => {
+    const one = await runWith([...command, messy], 1, tag);
+    const two = await runWith([...command, messy], 2, tag);
+    expect(two.stdout.equals(one.stdout)).toBe(true);
+    expect(two.account).toEqual(one.account);
+    expect(two.account.balanced).toBe(true);
+    const byLine = (rows: { line: number; reason: string }[]) => [...rows].sort((a, b) => a.line - b.line || (a.reason < b.reason ? -1 : 1));
+    expect(byLine(two.rows)).toEqual(byLine(one.rows));
+    const text = two.stdout.toString();
+    if (tag.includes('bundle')) {
+      // Named by position, deduplicated (or not) and cut as one thread does; the spool's records come last.
+      expect(text).toMatch(/"fullUrl":"urn:uuid:[0-9a-f]{8}-/);
+      if (tag.startsWith('bundle')) expect(countOf(text, '"id":"dup-1"')).toBe(tag.includes('no-dedupe') ? countOf(messyText, '"id":"dup-1"') : 1);
+    }
+    if (tag.includes('pretag')) expect(two.account.stages.pretag.mode).toBe(tag.startsWith('run pretag') ? 'two-pass' : 'spool');
+    if (tag.includes('pretag')) expect(two.account.stages.pretag.tagsAdded.smoking_contradiction).toBeGreaterThan(0);
   });
 
   it('hx deid: the --explain report adds up the workers', async () => {

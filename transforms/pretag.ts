@@ -293,37 +293,113 @@ export function pretagStage(options: PretagOptions, ctx: StageContext): Duplex {
   }
   stats.mode = 'spool';
   return Duplex.from(async function* (batches: AsyncIterable<Batch>) {
-    const states = new PatientStates();
-    const spool = await Spool.open(options.tempDir);
+    const spool = await SmokingSpool.open(options.tempDir);
     try {
       for await (const batch of batches) {
-        const rest = await spoolSmoking(batch, spool, states);
-        const tagged = tagger.batch(rest, () => false);
+        const tagged = tagger.batch(await spool.holdFrom(batch), () => false);
         if (tagged.resources.length > 0) yield tagged;
       }
-      stats.spoolBytes = spool.bytes;
-      noteStates(states, stats);
-      let out: Batch | undefined;
-      for await (const texts of spool.lines()) {
-        for (const text of texts) {
-          const [source, line, resource] = JSON.parse(text) as [string, number, Resource];
-          if (out && (out.source !== source || out.resources.length >= SPOOL_BATCH)) {
-            yield out;
-            out = undefined;
-          }
-          out ??= { source, lines: [], resources: [] };
-          const tagged = tagger.one(resource, { source, line }, states);
-          if (tagged) {
-            out.resources.push(tagged);
-            out.lines.push(line);
-          }
-        }
+      const contradictory = spool.settle(stats);
+      for await (const held of spool.release()) {
+        const tagged = tagger.batch(held, contradictory);
+        if (tagged.resources.length > 0) yield tagged;
       }
-      if (out && out.resources.length > 0) yield out;
     } finally {
       await spool.close();
     }
   });
+}
+
+/** A smoking-status Observation set aside for the spool, as compact JSON, with what its patient's state needs. */
+export interface HeldRecord {
+  line: number;
+  status: SmokingStatus;
+  subject: string;
+  text: string;
+}
+
+/**
+ * Splits `batch` into its smoking-status Observations (held, as text: a
+ * worker thread sends them to the spool on the main thread) and the rest.
+ */
+export function holdSmoking(batch: Batch): { rest: Batch; held: HeldRecord[] } {
+  const held: HeldRecord[] = [];
+  let rest: Batch | undefined;
+  const { source, lines, resources } = batch;
+  for (let i = 0; i < resources.length; i++) {
+    const resource = resources[i]!;
+    const status = resource.resourceType === 'Observation' ? smokingStatus(resource) : undefined;
+    if (status === undefined) {
+      rest?.resources.push(resource);
+      rest?.lines.push(lines[i]!);
+      continue;
+    }
+    rest ??= { source, lines: lines.slice(0, i), resources: resources.slice(0, i) };
+    held.push({ line: lines[i]!, status, subject: subjectReference(resource), text: JSON.stringify(resource) });
+  }
+  return { rest: rest ?? batch, held };
+}
+
+/**
+ * The spool of a pipe: smoking-status Observations on disk, in input order,
+ * with their source and line; their patients' states in memory. Once every
+ * record has been seen, `release()` gives them back as Batches.
+ */
+export class SmokingSpool {
+  readonly states = new PatientStates();
+
+  private constructor(private readonly spool: Spool) {}
+
+  static async open(tempDir?: string): Promise<SmokingSpool> {
+    return new SmokingSpool(await Spool.open(tempDir));
+  }
+
+  /** Holds the smoking-status Observations of `batch`; returns the rest. */
+  async holdFrom(batch: Batch): Promise<Batch> {
+    const { rest, held } = holdSmoking(batch);
+    await this.hold(batch.source, held);
+    return rest;
+  }
+
+  async hold(source: string, held: readonly HeldRecord[]): Promise<void> {
+    if (held.length === 0) return;
+    const name = JSON.stringify(source);
+    let text = '';
+    for (const record of held) {
+      if (record.status !== 'unknown') this.states.mark(record.subject, record.status === 'never' ? NEVER : EVER);
+      text += `[${name},${record.line},${record.text}]\n`;
+    }
+    await this.spool.write(text);
+  }
+
+  /** Every record seen: the patient table's figures into `stats`; says whose records are contradictory. */
+  settle(stats: PretagStats): (resource: Resource) => boolean {
+    stats.spoolBytes = this.spool.bytes;
+    noteStates(this.states, stats);
+    return (resource) => this.states.get(subjectReference(resource)) === CONTRADICTORY;
+  }
+
+  /** The held records, in the order held, as Batches of one source and at most SPOOL_BATCH records. */
+  async *release(): AsyncGenerator<Batch> {
+    let out: Batch | undefined;
+    for await (const texts of this.spool.lines()) {
+      for (const text of texts) {
+        const [source, line, resource] = JSON.parse(text) as [string, number, Resource];
+        if (out && (out.source !== source || out.resources.length >= SPOOL_BATCH)) {
+          yield out;
+          out = undefined;
+        }
+        out ??= { source, lines: [], resources: [] };
+        out.resources.push(resource);
+        out.lines.push(line);
+      }
+    }
+    if (out) yield out;
+  }
+
+  close(): Promise<void> {
+    return this.spool.close();
+  }
 }
 
 /**
@@ -341,30 +417,6 @@ export async function settlePatients(batches: AsyncIterable<Batch>, states: Pati
     }
   }
   return count;
-}
-
-/**
- * Moves the smoking-status Observations of `batch` to the spool (with their
- * source and line), marking their patients; returns the rest.
- */
-async function spoolSmoking(batch: Batch, spool: Spool, states: PatientStates): Promise<Batch> {
-  let text = '';
-  let rest: Batch | undefined;
-  const { source, lines, resources } = batch;
-  for (let i = 0; i < resources.length; i++) {
-    const resource = resources[i]!;
-    const status = resource.resourceType === 'Observation' ? smokingStatus(resource) : undefined;
-    if (status === undefined) {
-      rest?.resources.push(resource);
-      rest?.lines.push(lines[i]!);
-      continue;
-    }
-    rest ??= { source, lines: lines.slice(0, i), resources: resources.slice(0, i) };
-    if (status !== 'unknown') states.mark(subjectReference(resource), status === 'never' ? NEVER : EVER);
-    text += JSON.stringify([source, lines[i], resource]) + '\n';
-  }
-  if (text) await spool.write(text);
-  return rest ?? batch;
 }
 
 /** Two passes over files that changed in between: the tags may be wrong, and the run says so. */
@@ -415,13 +467,6 @@ class Tagger {
       }
     }
     return { source, lines: outLines, resources: out };
-  }
-
-  /** One spooled record, judged on the settled patient states. */
-  one(resource: Resource, loc: Location, states: PatientStates): Resource | undefined {
-    this.stats.examined++;
-    if (resource.resourceType !== 'Observation') return resource;
-    return this.observation(resource, loc, (r) => states.get(subjectReference(r)) === CONTRADICTORY);
   }
 
   private observation(resource: Resource, loc: Location, contradictory: (resource: Resource) => boolean): Resource | undefined {

@@ -7,6 +7,7 @@
 import type { Transform } from 'node:stream';
 import type { ArgumentsCamelCase, CommandModule } from 'yargs';
 import type { Account } from '../account.js';
+import { parallelSerialize, type ParallelOutput, type ParallelStage } from '../io/workers.js';
 import type { StageContext } from '../stage.js';
 import { runRecords, type InputArgs, type OutputArgs, type RunSpec } from './common.js';
 
@@ -17,6 +18,10 @@ export interface StagePlan {
   serializer?: RunSpec['serializer'];
   /** The serializer parses NDJSON lines itself (in worker threads): read them unparsed. */
   rawLines?: boolean;
+  /** The stage's work with records parsed in worker threads (`--workers`); without it, the run keeps to one thread. */
+  parallel?: (ctx: StageContext) => ParallelStage;
+  /** The last stage's bytes from worker threads' results (bundle's); NDJSON when absent. */
+  parallelOutput?: (ctx: StageContext) => ParallelOutput;
   /** A sink taking Batches itself, instead of serializer + output: last stage only. */
   sink?: RunSpec['sink'];
   /**
@@ -32,8 +37,6 @@ export interface PlanContext {
    * exactly what the stage will be given (pretag may read them twice).
    */
   readsInput: boolean;
-  /** The command runs alone (`hx deid`), not as a stage of `hx run`: it may use worker threads. */
-  alone: boolean;
 }
 
 /** A command that can be a stage of `hx run`. */
@@ -52,6 +55,36 @@ export async function runPlan(argv: InputArgs & OutputArgs, plan: StagePlan): Pr
   } finally {
     plan.finish?.(account);
   }
+}
+
+/**
+ * The plans of a run's stages with their records parsed in `workers`
+ * threads (`src/io/workers.ts`), or undefined when one thread it is: one
+ * worker asked for, or a stage that cannot (bundle --dir writes files).
+ */
+export function inWorkers(plans: StagePlan[], workers: number, input: InputArgs): StagePlan | undefined {
+  if (workers <= 1) return undefined;
+  const last = plans.at(-1)!;
+  const stages = last.parallelOutput ? plans.slice(0, -1) : plans;
+  if (!stages.every((plan) => plan.parallel) || ((last.serializer || last.sink) && !last.parallelOutput)) return undefined;
+  return {
+    rawLines: true,
+    serializer: (ctx) =>
+      parallelSerialize(
+        {
+          workers,
+          maxLineBytes: input['max-line-bytes'],
+          unpackBundles: input.unpack,
+          dropReason: 'dropped',
+          stages: stages.map((plan) => plan.parallel!(ctx)),
+          output: last.parallelOutput?.(ctx),
+        },
+        ctx,
+      ),
+    finish: (account) => {
+      for (const plan of plans) plan.finish?.(account);
+    },
+  };
 }
 
 /** The plans of a run's stages as one plan: stages in order, the last one's bytes. */

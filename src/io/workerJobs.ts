@@ -5,17 +5,28 @@
  */
 import { createDeidentifier, type DeidentifyOptions } from '../../transforms/deidentify.js';
 import { addTags, isSmokingObservation, pretagCodes, pretagCodesOf, subjectReference, type PretagCode } from '../../transforms/pretag.js';
+import { EntryEncoder, type EntryOptions } from '../../transforms/toTransactionBundle.js';
 import { CONTRADICTORY, PatientStates } from '../pretag/patientStates.js';
 import type { RecordCore } from '../stage.js';
 
 export type WorkerJob =
   | { kind: 'cat' }
   | { kind: 'deid'; options: DeidentifyOptions }
-  /** pretag's per-record rules; with the smoking rule, `states` holds every patient, settled by a first pass. */
-  | { kind: 'pretag'; rules: PretagCode[]; states?: PatientStates };
+  /**
+   * pretag's per-record rules. With the smoking rule, either `states` holds
+   * every patient, settled by a first pass, or `hold` sends the
+   * smoking-status Observations back untouched, to the main thread's spool.
+   */
+  | { kind: 'pretag'; rules: PretagCode[]; states?: PatientStates; hold?: boolean }
+  /** bundle's entries, encoded for the main thread's assembler: the last job of a chain. */
+  | { kind: 'bundle'; options: EntryOptions & { maxBytes?: number } };
 
 export interface JobCore {
+  /** Sets the smoking-status Observations of each batch aside (`holdSmoking`) before `core`. */
+  holds?: boolean;
   core?: RecordCore;
+  /** Encodes each batch as Bundle entries instead of NDJSON. */
+  encoder?: EntryEncoder;
   /** Counters to add to the run's stage stats since the last call (then zeroed). */
   takeCounters?: () => Record<string, number>;
   /** The job's report when the run ends (deid's DeidReport). */
@@ -31,7 +42,9 @@ export function buildJob(job: WorkerJob): JobCore {
       return { core: (resource) => deidentifier.deidentify(resource), report: () => deidentifier.report };
     }
     case 'pretag':
-      return pretagJob(job.rules, job.states);
+      return { ...pretagJob(job.rules, job.states), holds: job.hold };
+    case 'bundle':
+      return { encoder: new EntryEncoder(job.options) };
   }
 }
 

@@ -1,33 +1,41 @@
 /**
- * Both cores for per-record work (`hx cat`, `hx deid`, `hx pretag`): the reader
- * hands out raw NDJSON lines (`RawLines`, about 64 KiB each) instead of
- * parsed records; worker threads parse, transform and serialise them and
- * send back the text plus what to count. The main thread only reads,
- * frames, posts and writes, and it applies each batch's account and rejects
- * in input order, so output bytes, the account and the reject file's rows are
- * those of the single-thread path.
+ * Both cores for per-record work (`hx cat`, `deid`, `pretag`, `bundle` and
+ * `hx run`): the reader hands out raw NDJSON lines (`RawLines`, about 64 KiB
+ * each) instead of parsed records; worker threads parse them, run the jobs
+ * of the run's stages in order and serialise the result (NDJSON, or Bundle
+ * entries for the main thread's assembler), and send back the bytes plus
+ * what to count. The main thread only reads, frames, posts and writes, and
+ * it applies each batch's account and rejects in input order, so output
+ * bytes, the account and the reject file's rows are those of one thread.
  *
  * Bounds: at most `2 × workers` batches are in flight (posted, or done and
  * waiting for an earlier one); the reader is paused beyond that.
  * Bundle documents are parsed by the main thread's reader (one document is
- * one stream of entries) and their Batches are transformed there, in order.
- * Cross-record state stays in the main thread: the workers get what they
- * judge by when they start (pretag: the patient table of its first pass).
+ * one stream of entries) and their Batches go through each stage's `local`
+ * work, in order. Cross-record state stays in the main thread: the dedupe
+ * set and open Bundle of `bundle`, the spool and patient table of `pretag`
+ * on a pipe (the workers send the smoking-status Observations back as text);
+ * or the workers get what they judge by when they start (pretag with files:
+ * the patient table of its first pass).
  */
 import { availableParallelism } from 'node:os';
 import { Transform, type TransformCallback } from 'node:stream';
 import { Worker } from 'node:worker_threads';
 import type { WorkerJob } from './workerJobs.js';
 import type { RawLines } from '../../transforms/ndjsonSplit.js';
+import type { HeldRecord } from '../../transforms/pretag.js';
+import type { BundleAssembler, EncodedEntries } from '../../transforms/toTransactionBundle.js';
 import { HxError } from '../errors.js';
 import type { StageContext } from '../stage.js';
 import type { Batch } from '../types.js';
+import { ByteBuilder } from './byteBuilder.js';
 import { ndjsonBytes } from './serialize.js';
 
 export type { WorkerJob } from './workerJobs.js';
 
 export interface WorkerSetup {
-  job: WorkerJob;
+  /** The stages' jobs, run in order on each batch. */
+  jobs: WorkerJob[];
   maxLineBytes: number;
   unpackBundles: boolean;
   dropReason: string;
@@ -43,8 +51,12 @@ export interface RejectRow {
 
 /** What one batch of lines became in a worker. */
 export interface BatchResult {
-  /** The NDJSON of the batch's records, UTF-8. */
-  bytes: Uint8Array;
+  /** The NDJSON of the batch's records, UTF-8 (when the last job is not `bundle`). */
+  bytes?: Uint8Array;
+  /** The batch's Bundle entries (when it is). */
+  entries?: EncodedEntries;
+  /** Records a stage held back (pretag's spool), by stage index. */
+  held: [number, HeldRecord[]][];
   read: number;
   skippedBlank: number;
   entriesWithoutResource: number;
@@ -52,22 +64,43 @@ export interface BatchResult {
   rejects: RejectRow[];
   dropped: [string, number][];
   written: [string, number][];
-  /** The job's stage counters for this batch (pretag's). */
-  counters?: Record<string, number>;
+  /** Each job's stage counters for this batch (pretag's). */
+  counters: (Record<string, number> | undefined)[];
 }
 
-export interface ParallelOptions extends Omit<WorkerSetup, 'keepRejectText' | 'job'> {
-  workers: number;
+/** What one stage of a run does when its records are parsed in worker threads. */
+export interface ParallelStage {
   /** The job, or its making when it needs a look at the input first (pretag's first pass): workers start then. */
   job: WorkerJob | (() => Promise<WorkerJob>);
-  /** Called once every batch is written and every report merged, before the stream ends. */
-  ended?: () => void;
-  /** Given each batch's stage counters, in order. */
+  /** The same work on this thread: for Batches the reader parsed (Bundle documents) and those a stage releases. */
+  local: (batch: Batch) => Batch | Promise<Batch>;
+  /** Given each batch's counters from this stage's job, in order. */
   addCounters?: (counters: Record<string, number>) => void;
-  /** The same work for a Batch the reader parsed itself (a Bundle document), on this thread. */
-  local: (batch: Batch) => Batch;
-  /** Given each worker's job report (e.g. its DeidReport) when the run ends. */
+  /** Given each worker's report of this stage's job (e.g. its DeidReport) when the run ends. */
   mergeReport?: (report: unknown) => void;
+  /** Records the job held back, in input order (pretag's smoking-status Observations). */
+  hold?: (source: string, held: HeldRecord[]) => Promise<void>;
+  /** After the last batch: what was held, as Batches for the stages after this one. */
+  release?: () => AsyncIterable<Batch>;
+  /** Called once every batch is written and every report merged, before the output's end. */
+  ended?: () => void | Promise<void>;
+}
+
+/** Where the records go: NDJSON (the default) or Bundles assembled on this thread. */
+export interface ParallelOutput {
+  /** The job that encodes the records for `fromWorker` (bundle's); none for NDJSON. */
+  job?: WorkerJob;
+  fromWorker(result: BatchResult): Uint8Array;
+  local(batch: Batch): Uint8Array;
+  /** The last bytes, when every batch is in. */
+  finish(): Uint8Array;
+}
+
+export interface ParallelOptions extends Omit<WorkerSetup, 'keepRejectText' | 'jobs'> {
+  workers: number;
+  stages: ParallelStage[];
+  /** NDJSON when absent. */
+  output?: ParallelOutput;
 }
 
 /** Default of `--workers`: the cores there are. */
@@ -81,6 +114,39 @@ export function checkWorkers(n: number): number {
   return n;
 }
 
+/** Records written as NDJSON: by the workers, or here for a Batch of this thread. */
+export function ndjsonOutput(ctx: StageContext): ParallelOutput {
+  return {
+    fromWorker: (result) => result.bytes!,
+    local: (batch) => ndjsonBytes(batch.resources, ctx.account),
+    finish: () => EMPTY,
+  };
+}
+
+/** Records written as Bundles: entries encoded by the workers (job `bundle`), placed by `assembler`. */
+export function bundleOutput(job: WorkerJob, makeAssembler: (emit: (piece: string | Uint8Array) => void) => BundleAssembler): ParallelOutput {
+  const out = new ByteBuilder();
+  const assembler = makeAssembler((piece) => out.append(piece));
+  const take = () => (out.length === 0 ? EMPTY : out.take());
+  return {
+    job,
+    fromWorker: (result) => {
+      assembler.addEncoded(result.entries!);
+      return take();
+    },
+    local: (batch) => {
+      assembler.add(batch);
+      return take();
+    },
+    finish: () => {
+      assembler.finish();
+      return take();
+    },
+  };
+}
+
+const EMPTY = new Uint8Array(0);
+
 const ENTRY = new URL('./workerEntry.js', import.meta.url);
 /**
  * Each worker is a V8 heap of its own; its young generation is what grows
@@ -90,9 +156,9 @@ const ENTRY = new URL('./workerEntry.js', import.meta.url);
  */
 const WORKER_YOUNG_MB = 8;
 
-type Reply = { id: number; result?: BatchResult; error?: string; report?: unknown };
+type Reply = { id: number; result?: BatchResult; error?: string; reports?: unknown[] };
 
-/** RawLines or Batches in (from `readInputs(…, {rawLines: true})`), NDJSON text out, in order. */
+/** RawLines or Batches in (from `readInputs(…, {rawLines: true})`), NDJSON or Bundle text out, in order. */
 export function parallelSerialize(options: ParallelOptions, ctx: StageContext): Transform {
   return new ParallelSerialize(options, ctx);
 }
@@ -102,7 +168,8 @@ type InFlight = { source: string; reply: Promise<Reply> } | { batch: Batch };
 
 class ParallelSerialize extends Transform {
   private workers: Worker[] = [];
-  /** Settles when the workers run: started by the first raw lines, so the job may look at the input first. */
+  private jobs: Promise<WorkerJob[]> | undefined;
+  /** Settles when the workers run: started by the first raw lines, so a job may look at the input first. */
   private started: Promise<void> | undefined;
   private readonly waiting = new Map<number, { resolve: (reply: Reply) => void; reject: (err: Error) => void }>();
   /** Batches in input order; the head is applied and written first. */
@@ -110,6 +177,7 @@ class ParallelSerialize extends Transform {
   private nextId = 0;
   private turn = 0;
   private readonly limit: number;
+  private readonly output: ParallelOutput;
 
   constructor(
     private readonly options: ParallelOptions,
@@ -117,15 +185,23 @@ class ParallelSerialize extends Transform {
   ) {
     super({ writableObjectMode: true, writableHighWaterMark: 1 });
     this.limit = 2 * options.workers;
+    this.output = options.output ?? ndjsonOutput(ctx);
+  }
+
+  /** The stages' jobs, made once, before the first batch is handled (the main thread's cores are made with them). */
+  private makeJobs(): Promise<WorkerJob[]> {
+    return (this.jobs ??= (async () => {
+      const jobs: WorkerJob[] = [];
+      for (const stage of this.options.stages) jobs.push(typeof stage.job === 'function' ? await stage.job() : stage.job);
+      if (this.output.job) jobs.push(this.output.job);
+      return jobs;
+    })());
   }
 
   private async start(): Promise<void> {
-    const { workers: count, local: _local, mergeReport: _merge, addCounters: _add, ended: _ended, job, ...setup } = this.options;
-    const workerData: WorkerSetup = {
-      ...setup,
-      job: typeof job === 'function' ? await job() : job,
-      keepRejectText: this.ctx.rejects.path !== undefined,
-    };
+    const { workers: count, stages: _stages, output: _output, ...setup } = this.options;
+    const workerData: WorkerSetup = { ...setup, jobs: await this.makeJobs(), keepRejectText: this.ctx.rejects.path !== undefined };
+    this.ctx.account.workerThreads = count;
     this.workers = Array.from({ length: count }, () => {
       const worker = new Worker(ENTRY, { workerData, resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_MB } });
       worker.on('message', (reply: Reply) => {
@@ -140,8 +216,8 @@ class ParallelSerialize extends Transform {
 
   override _transform(item: RawLines | Batch, _encoding: BufferEncoding, callback: TransformCallback): void {
     // Workers start with the first NDJSON lines: a Bundle document alone never pays for them.
-    if ('text' in item) this.started ??= this.start();
-    (this.started ?? Promise.resolve()).then(() => this.enqueue(item)).then(() => callback(), callback);
+    const ready = 'text' in item ? (this.started ??= this.start()) : this.makeJobs();
+    ready.then(() => this.enqueue(item)).then(() => callback(), callback);
   }
 
   private async enqueue(item: RawLines | Batch): Promise<void> {
@@ -158,11 +234,19 @@ class ParallelSerialize extends Transform {
 
   override _flush(callback: TransformCallback): void {
     (async () => {
+      await this.makeJobs();
       await this.started;
       while (this.queue.length > 0) await this.writeHead();
+      const { stages } = this.options;
+      // What a stage held back goes on through the stages after it, as the records of a pipe would.
+      for (const [i, stage] of stages.entries()) {
+        if (!stage.release) continue;
+        for await (const batch of stage.release()) this.pushBytes(await this.runLocal(batch, i + 1));
+      }
       const reports = await Promise.all(this.workers.map((worker) => this.ask(worker, {})));
-      for (const reply of reports) if (reply.report !== undefined) this.options.mergeReport?.(reply.report);
-      this.options.ended?.();
+      for (const reply of reports) reply.reports?.forEach((report, i) => report !== undefined && stages[i]?.mergeReport?.(report));
+      for (const stage of stages) await stage.ended?.();
+      this.pushBytes(this.output.finish());
     })()
       .finally(() => this.stop())
       .then(() => callback(), callback);
@@ -180,15 +264,27 @@ class ParallelSerialize extends Transform {
   /** Applies and writes the oldest batch, waiting for its worker if need be. */
   private async writeHead(): Promise<void> {
     const head = this.queue.shift()!;
-    let out: string | Buffer;
     if ('batch' in head) {
-      out = this.serializeLocal(head.batch);
-    } else {
-      const reply = await head.reply;
-      if (reply.error !== undefined) throw new Error(`worker: ${reply.error}`);
-      out = this.apply(head.source, reply.result!);
+      this.pushBytes(await this.runLocal(head.batch, 0));
+      return;
     }
-    if (out.length > 0) this.push(out);
+    const reply = await head.reply;
+    if (reply.error !== undefined) throw new Error(`worker: ${reply.error}`);
+    const result = reply.result!;
+    this.apply(head.source, result);
+    for (const [stage, held] of result.held) await this.options.stages[stage]!.hold!(head.source, held);
+    this.pushBytes(this.output.fromWorker(result));
+  }
+
+  /** The stages from `first` on, then the output, on this thread. */
+  private async runLocal(batch: Batch, first: number): Promise<Uint8Array> {
+    const { stages } = this.options;
+    for (let i = first; i < stages.length; i++) batch = await stages[i]!.local(batch);
+    return this.output.local(batch);
+  }
+
+  private pushBytes(bytes: Uint8Array): void {
+    if (bytes.byteLength > 0) this.push(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
   }
 
   private ask(worker: Worker, message: { raw?: RawLines }): Promise<Reply> {
@@ -205,7 +301,7 @@ class ParallelSerialize extends Transform {
   }
 
   /** A batch's counts onto the run's account, its rejects through the run's policy (which may throw). */
-  private apply(source: string, r: BatchResult): Buffer {
+  private apply(source: string, r: BatchResult): void {
     const { account, rejects } = this.ctx;
     account.read += r.read;
     account.skippedBlank += r.skippedBlank;
@@ -213,15 +309,10 @@ class ParallelSerialize extends Transform {
     for (const message of r.warnings) account.warn(message);
     for (const row of r.rejects) rejects.reject({ source, line: row.line }, row.reason, () => row.text);
     for (const [reason, n] of r.dropped) account.countDropped(reason, n);
-    if (r.counters) this.options.addCounters?.(r.counters);
+    r.counters.forEach((counters, i) => counters && this.options.stages[i]?.addCounters?.(counters));
     for (const [type, n] of r.written) {
       account.written += n;
       account.writtenByType.set(type, (account.writtenByType.get(type) ?? 0) + n);
     }
-    return Buffer.from(r.bytes.buffer, r.bytes.byteOffset, r.bytes.byteLength);
-  }
-
-  private serializeLocal(batch: Batch): Buffer {
-    return ndjsonBytes(this.options.local(batch).resources, this.ctx.account);
   }
 }

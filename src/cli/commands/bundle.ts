@@ -1,10 +1,12 @@
 import type { CommandModule } from 'yargs';
 import { UsageError } from '../../errors.js';
-import { BUNDLE_TYPES, bundleFiles, toTransactionBundle, type BundleOptions, type BundleStats, type BundleType } from '../../../transforms/toTransactionBundle.js';
-import { withInputOptions, withOutputOptions, type InputArgs, type OutputArgs } from '../common.js';
-import { runPlan, type StageCommand, type StagePlan } from '../pipeline.js';
+import { bundleOutput, checkWorkers } from '../../io/workers.js';
+import { BundleAssembler, BUNDLE_TYPES, bundleFiles, toTransactionBundle, type BundleOptions, type BundleStats, type BundleType } from '../../../transforms/toTransactionBundle.js';
+import { withInputOptions, withOutputOptions, withWorkersOption, type InputArgs, type OutputArgs } from '../common.js';
+import { inWorkers, runPlan, type StageCommand, type StagePlan } from '../pipeline.js';
 
 interface BundleArgs extends InputArgs, OutputArgs {
+  workers: number;
   type: BundleType;
   'full-url'?: string;
   'max-entries'?: number;
@@ -18,7 +20,8 @@ export const bundleCommand: CommandModule<object, BundleArgs> = {
   command: 'bundle [files..]',
   describe: 'Write the resources as one FHIR transaction Bundle, or as Bundles of a bounded size (one per line, or one per file)',
   builder: (yargs) =>
-    withOutputOptions(withInputOptions(yargs))
+    // Opt-in, as for pretag: each worker thread costs ~50 MB on top of the dedupe set.
+    withWorkersOption(withOutputOptions(withInputOptions(yargs)), 1)
       .option('type', { describe: 'Bundle.type (collection entries carry no request)', choices: BUNDLE_TYPES, default: 'transaction' as BundleType })
       .option('full-url', { describe: 'Give each entry fullUrl = BASE/Type/id', type: 'string', requiresArg: true })
       .option('max-entries', { describe: 'Cut into Bundles of at most N entries, written one per line (NDJSON)', type: 'number', requiresArg: true })
@@ -37,9 +40,11 @@ export const bundleCommand: CommandModule<object, BundleArgs> = {
       .example('hx bundle export.ndjson -o healthex.json', 'one transaction Bundle, as export_healthex.py writes it')
       .example('hx deid bulk/*.ndjson.gz | hx pretag | hx bundle --max-bytes 8MiB --max-entries 1000 > chunks.ndjson', 'Bundles ready to post, one per line')
       .example('hx bundle export.ndjson --max-bytes 8MiB --dir out/', 'the same, one file per Bundle')
-      .example('hx bundle a.ndjson --type collection --full-url https://example.org/fhir --pretty', 'a readable collection Bundle'),
+      .example('hx bundle a.ndjson --type collection --full-url https://example.org/fhir --pretty', 'a readable collection Bundle')
+      .example('hx bundle --workers 2 export.ndjson -o export.json', 'entries made in two worker threads (not with --dir)'),
   handler: async (argv) => {
-    await runPlan(argv, bundlePlan(argv));
+    const plan = bundlePlan(argv);
+    await runPlan(argv, inWorkers([plan], checkWorkers(argv.workers), argv) ?? plan);
   },
 };
 
@@ -50,7 +55,12 @@ function bundlePlan(argv: BundleArgs): StagePlan {
   const options = bundleOptions(argv);
   const dir = argv.dir;
   return {
-    ...(dir === undefined ? { serializer: (ctx) => toTransactionBundle(options, ctx) } : { sink: (ctx) => bundleFiles(dir, options, ctx) }),
+    ...(dir === undefined
+      ? {
+          serializer: (ctx) => toTransactionBundle(options, ctx),
+          parallelOutput: (ctx) => bundleOutput({ kind: 'bundle', options }, (emit) => new BundleAssembler(options, ctx, emit)),
+        }
+      : { sink: (ctx) => bundleFiles(dir, options, ctx) }),
     finish: (account) => {
       if (!account || !argv.verbose) return;
       const stats = account.stages.bundle as BundleStats;

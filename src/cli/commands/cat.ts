@@ -1,7 +1,7 @@
 import type { CommandModule } from 'yargs';
-import { checkWorkers, parallelSerialize } from '../../io/workers.js';
+import { checkWorkers } from '../../io/workers.js';
 import { withInputOptions, withOutputOptions, withWorkersOption, type InputArgs, type OutputArgs } from '../common.js';
-import { runPlan, type StageCommand, type StagePlan } from '../pipeline.js';
+import { inWorkers, runPlan, type StageCommand, type StagePlan } from '../pipeline.js';
 
 interface CatArgs extends InputArgs, OutputArgs {
   workers: number;
@@ -16,22 +16,14 @@ export const catCommand: CommandModule<object, CatArgs> = {
       .example('hx cat everything.json -o resources.ndjson', 'stream the entries of a Bundle of any size')
       .example('cat a.ndjson | hx cat --rejects bad.ndjson -v > good.ndjson', 'set bad lines aside and print the account'),
   handler: async (argv) => {
-    await runPlan(argv, catPlan(argv, true));
+    const plan = catPlan();
+    await runPlan(argv, inWorkers([plan], checkWorkers(argv.workers), argv) ?? plan);
   },
 };
 
 /** As a stage of `hx run`: passes records on unchanged. */
-export const catStage: StageCommand<CatArgs> = { command: catCommand, plan: (argv, { alone }) => catPlan(argv, alone) };
+export const catStage: StageCommand<CatArgs> = { command: catCommand, plan: () => catPlan() };
 
-function catPlan(argv: CatArgs, alone: boolean): StagePlan {
-  const workers = checkWorkers(argv.workers);
-  if (!alone || workers === 1) return {};
-  return {
-    rawLines: true,
-    serializer: (ctx) =>
-      parallelSerialize(
-        { workers, job: { kind: 'cat' }, maxLineBytes: argv['max-line-bytes'], unpackBundles: argv.unpack, dropReason: 'dropped', local: (batch) => batch },
-        ctx,
-      ),
-  };
+function catPlan(): StagePlan {
+  return { parallel: () => ({ job: { kind: 'cat' }, local: (batch) => batch }) };
 }

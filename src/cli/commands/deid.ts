@@ -14,11 +14,11 @@ import {
 import type { Account } from '../../account.js';
 import { Pseudonymizer } from '../../deid/pseudonym.js';
 import type { DeidReport } from '../../deid/report.js';
-import { checkWorkers, parallelSerialize } from '../../io/workers.js';
+import { checkWorkers } from '../../io/workers.js';
 import { mapBatch } from '../../stage.js';
 import type { Resource } from '../../types.js';
 import { withInputOptions, withOutputOptions, withWorkersOption, type InputArgs, type OutputArgs } from '../common.js';
-import { runPlan, type StageCommand, type StagePlan } from '../pipeline.js';
+import { inWorkers, runPlan, type StageCommand, type StagePlan } from '../pipeline.js';
 
 /** Environment variable holding the key (UTF-8), when no --key-file is given. */
 export const KEY_ENV = 'HX_DEID_KEY';
@@ -74,15 +74,15 @@ export const deidCommand: CommandModule<object, DeidArgs> = {
       .example('hx deid --profile safe-harbor --key-file key.bin --explain report.tsv -v data.ndjson > deid.ndjson', 'with a review report and the account')
       .example('hx deid --profile safe-harbor --id-mode ms-compat --key-file key.txt a.ndjson', 'ids as Microsoft\'s anonymizer writes them'),
   handler: async (argv) => {
-    await runPlan(argv, deidPlan(argv, true));
+    const plan = deidPlan(argv);
+    await runPlan(argv, inWorkers([plan], checkWorkers(argv.workers), argv) ?? plan);
   },
 };
 
 /** As a stage of `hx run`. */
-export const deidStage: StageCommand<DeidArgs> = { command: deidCommand, plan: (argv, { alone }) => deidPlan(argv, alone) };
+export const deidStage: StageCommand<DeidArgs> = { command: deidCommand, plan: (argv) => deidPlan(argv) };
 
-function deidPlan(argv: DeidArgs, alone: boolean): StagePlan {
-  const workers = checkWorkers(argv.workers);
+function deidPlan(argv: DeidArgs): StagePlan {
   const { key = Pseudonymizer.randomKey(), keySource = 'random' } = readKey(argv['key-file']);
   // Workers build their own Deidentifier from these options: the key is drawn here, once, for all of them.
   const options: DeidentifyOptions = {
@@ -107,24 +107,17 @@ function deidPlan(argv: DeidArgs, alone: boolean): StagePlan {
     if (account && argv.verbose) process.stderr.write(accountLines(deidentifier, account.rejected));
     if (argv.explain !== undefined) writeExplain(deidentifier, argv.explain, account === undefined);
   };
-  if (!alone || workers === 1) return { stages: (ctx) => [deidentifyStage(deidentifier, ctx)], finish };
   const core = (resource: Resource) => deidentifier.deidentify(resource);
   return {
-    rawLines: true,
-    serializer: (ctx) => {
+    stages: (ctx) => [deidentifyStage(deidentifier, ctx)],
+    // In worker threads: each builds its own Deidentifier from the same options; their reports are added up here.
+    parallel: (ctx) => {
       registerStats(deidentifier, ctx.account);
-      return parallelSerialize(
-        {
-          workers,
-          job: { kind: 'deid', options },
-          maxLineBytes: argv['max-line-bytes'],
-          unpackBundles: argv.unpack,
-          dropReason: 'dropped',
-          local: (batch) => mapBatch(batch, core, ctx, 'dropped'),
-          mergeReport: (report) => mergeReport(deidentifier.report, report as DeidReport),
-        },
-        ctx,
-      );
+      return {
+        job: { kind: 'deid', options },
+        local: (batch) => mapBatch(batch, core, ctx, 'dropped'),
+        mergeReport: (report) => mergeReport(deidentifier.report, report as DeidReport),
+      };
     },
     finish,
   };

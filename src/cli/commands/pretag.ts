@@ -9,6 +9,7 @@ import {
   PRETAG_CODES,
   pretagStage as pretagTransform,
   settlePatients,
+  SmokingSpool,
   warnIfPassesDiffer,
   type PretagStats,
   type PretagCode,
@@ -19,11 +20,12 @@ import { UsageError } from '../../errors.js';
 import { readInputs } from '../../io/input.js';
 import { Rejects } from '../../rejects.js';
 import { PatientStates } from '../../pretag/patientStates.js';
-import { mapBatch } from '../../stage.js';
-import { checkWorkers, parallelSerialize } from '../../io/workers.js';
-import { buildJob, PRETAG_COUNTERS, type JobCore, type WorkerJob } from '../../io/workerJobs.js';
+import { mapBatch, type StageContext } from '../../stage.js';
+import type { Batch } from '../../types.js';
+import { checkWorkers, type ParallelStage } from '../../io/workers.js';
+import { buildJob, PRETAG_COUNTERS, type JobCore } from '../../io/workerJobs.js';
 import { withInputOptions, withOutputOptions, withWorkersOption, type InputArgs, type OutputArgs } from '../common.js';
-import { runPlan, type StageCommand, type StagePlan } from '../pipeline.js';
+import { inWorkers, runPlan, type StageCommand, type StagePlan } from '../pipeline.js';
 
 interface PretagArgs extends InputArgs, OutputArgs {
   workers: number;
@@ -76,7 +78,8 @@ export const pretagCommand: CommandModule<object, PretagArgs> = {
       ) as never;
   },
   handler: async (argv) => {
-    await runPlan(argv, pretagPlan(argv, true, true));
+    const plan = pretagPlan(argv, true);
+    await runPlan(argv, inWorkers([plan], checkWorkers(argv.workers), argv) ?? plan);
   },
 };
 
@@ -87,12 +90,11 @@ export const pretagCommand: CommandModule<object, PretagArgs> = {
  */
 export const pretagStage: StageCommand<PretagArgs> = {
   command: pretagCommand,
-  plan: (argv, { readsInput, alone }) => pretagPlan(argv, readsInput, alone),
+  plan: (argv, { readsInput }) => pretagPlan(argv, readsInput),
 };
 
-function pretagPlan(argv: ArgumentsCamelCase<PretagArgs>, readsInput: boolean, alone: boolean): StagePlan {
+function pretagPlan(argv: ArgumentsCamelCase<PretagArgs>, readsInput: boolean): StagePlan {
   const rules = selectRules(argv);
-  const workers = checkWorkers(argv.workers);
   const files = argv.files;
   const rescan =
     readsInput && seekable(files)
@@ -110,63 +112,66 @@ function pretagPlan(argv: ArgumentsCamelCase<PretagArgs>, readsInput: boolean, a
             chunkBytes: 256 << 10,
           }) as Readable
       : undefined;
-  // The spool (a pipe with the smoking rule) keeps to one thread: its state is the order of the records.
-  if (alone && workers > 1) {
-    if (!rules.has('smoking_contradiction')) return parallelPlan(argv, rules, workers, undefined);
-    if (rescan) return parallelPlan(argv, rules, workers, rescan);
-  }
-  // A Duplex, not a Transform: runRecords only hands its stages to stream.pipeline.
-  return { stages: (ctx) => [pretagTransform({ rules, rescan, tempDir: argv['temp-dir'] }, ctx) as Transform] };
+  return {
+    // A Duplex, not a Transform: runRecords only hands its stages to stream.pipeline.
+    stages: (ctx) => [pretagTransform({ rules, rescan, tempDir: argv['temp-dir'] }, ctx) as Transform],
+    parallel: (ctx) => pretagInWorkers(rules, rescan, argv['temp-dir'], ctx),
+  };
 }
 
 /**
- * Per-record tagging in worker threads. With the smoking rule, the first
- * pass settles every patient here; the workers get a copy of the patient
- * table (18-36 bytes per patient, per worker) and judge on it.
+ * Per-record tagging in worker threads, in the mode `pretagStage` would
+ * choose. Two passes: the first settles every patient here and the workers
+ * get a copy of the patient table (18-36 bytes per patient, per worker).
+ * Spool: the workers send the smoking-status Observations back untouched;
+ * they are spooled here and judged, tagged and passed on after the rest.
  */
-function parallelPlan(argv: PretagArgs, rules: PretagRules, workers: number, rescan: (() => Readable) | undefined): StagePlan {
+function pretagInWorkers(rules: PretagRules, rescan: (() => Readable) | undefined, tempDir: string | undefined, ctx: StageContext): ParallelStage {
+  const mode = !rules.has('smoking_contradiction') ? 'per-record' : rescan ? 'two-pass' : 'spool';
+  // The stats `pretagStage` keeps, filled from the workers' counters and this thread's.
+  const stats = ctx.account.stage<PretagStats>('pretag', () => newPretagStats(mode));
+  const add = (counters: Record<string, number>) => {
+    for (const name of PRETAG_COUNTERS) {
+      if (name in stats.tagsAdded) stats.tagsAdded[name as PretagCode] += counters[name]!;
+      else (stats as Record<string, number>)[name]! += counters[name]!;
+    }
+  };
+  let expected = 0;
+  let here: JobCore | undefined;
+  let spool: SmokingSpool | undefined;
+  const tag = (batch: Batch) => {
+    const out = mapBatch(batch, here!.core!, ctx, 'dropped');
+    add(here!.takeCounters!());
+    return out;
+  };
   return {
-    rawLines: true,
-    serializer: (ctx) => {
-      // The stats `pretagStage` keeps, filled from the workers' counters.
-      const stats = ctx.account.stage<PretagStats>('pretag', () => newPretagStats(rescan ? 'two-pass' : 'per-record'));
-      const add = (counters: Record<string, number>) => {
-        for (const name of PRETAG_COUNTERS) {
-          if (name in stats.tagsAdded) stats.tagsAdded[name as PretagCode] += counters[name]!;
-          else (stats as Record<string, number>)[name]! += counters[name]!;
-        }
-      };
-      let expected = 0;
-      let here: JobCore | undefined;
-      return parallelSerialize(
-        {
-          workers,
-          maxLineBytes: argv['max-line-bytes'],
-          unpackBundles: argv.unpack,
-          dropReason: 'dropped',
-          job: async () => {
-            let states: PatientStates | undefined;
-            if (rescan) {
-              states = new PatientStates();
-              expected = await settlePatients(rescan(), states);
-              noteStates(states, stats);
-            }
-            const job: WorkerJob = { kind: 'pretag', rules: [...rules], states };
-            here = buildJob(job);
-            return job;
-          },
-          local: (batch) => {
-            const out = mapBatch(batch, here!.core!, ctx, 'dropped');
-            add(here!.takeCounters!());
-            return out;
-          },
-          addCounters: add,
-          ended: () => {
-            if (rescan) warnIfPassesDiffer(expected, stats, ctx.account);
-          },
-        },
-        ctx,
-      );
+    job: async () => {
+      let states: PatientStates | undefined;
+      if (mode === 'two-pass') {
+        states = new PatientStates();
+        expected = await settlePatients(rescan!(), states);
+        noteStates(states, stats);
+      } else if (mode === 'spool') {
+        spool = await SmokingSpool.open(tempDir);
+        states = spool.states; // settled by the time the spool is released, and only judged then
+      }
+      here = buildJob({ kind: 'pretag', rules: [...rules], states });
+      return { kind: 'pretag', rules: [...rules], states: mode === 'two-pass' ? states : undefined, hold: mode === 'spool' };
+    },
+    local: async (batch) => tag(spool ? await spool.holdFrom(batch) : batch),
+    addCounters: add,
+    hold: (source, held) => spool!.hold(source, held),
+    release: async function* () {
+      if (!spool) return;
+      try {
+        spool.settle(stats);
+        for await (const held of spool.release()) yield tag(held);
+      } finally {
+        await spool.close();
+      }
+    },
+    ended: () => {
+      if (mode === 'two-pass') warnIfPassesDiffer(expected, stats, ctx.account);
     },
   };
 }

@@ -1,10 +1,12 @@
 import yargs, { type ArgumentsCamelCase, type CommandModule } from 'yargs';
 import { UsageError } from '../../errors.js';
-import { withInputOptions, withOutputOptions, type InputArgs, type OutputArgs } from '../common.js';
-import { composePlans, runPlan, splitPipeline, type StageCommand, type StagePlan } from '../pipeline.js';
+import { checkWorkers } from '../../io/workers.js';
+import { withInputOptions, withOutputOptions, withWorkersOption, type InputArgs, type OutputArgs } from '../common.js';
+import { composePlans, inWorkers, runPlan, splitPipeline, type StageCommand, type StagePlan } from '../pipeline.js';
 
 interface RunArgs extends InputArgs, OutputArgs {
   pipeline: string;
+  workers: number;
 }
 
 /** The commands that can be stages, loaded only when named. */
@@ -16,7 +18,7 @@ const STAGES: Record<string, () => Promise<StageCommand<never>>> = {
 };
 
 /** Options that belong to the whole run (given once, to `hx run`), with their aliases. */
-const RUN_WIDE = new Set(['rejects', 'report', 'verbose', 'v', 'progress', 'max-line-bytes', 'maxLineBytes', 'unpack', 'output', 'o', 'gzip']);
+const RUN_WIDE = new Set(['rejects', 'report', 'verbose', 'v', 'progress', 'max-line-bytes', 'maxLineBytes', 'unpack', 'output', 'o', 'gzip', 'workers']);
 /** Of these, the ones the last stage may carry, as the user writes the pipe (`… | bundle -o out.json`). */
 const LAST_STAGE_MAY_HAVE = new Set(['output', 'o', 'gzip']);
 
@@ -24,24 +26,29 @@ export const runCommand: CommandModule<object, RunArgs> = {
   command: 'run <pipeline> [files..]',
   describe: 'Run a pipe of transforms ("deid | pretag | bundle") in one process: one parse and one serialisation per resource',
   builder: (y) =>
-    withOutputOptions(withInputOptions(y))
+    withWorkersOption(withOutputOptions(withInputOptions(y)))
       .positional('pipeline', {
         describe: `Stages separated by "|", each a command with its own options (stages: ${Object.keys(STAGES).join(', ')})`,
         type: 'string',
       })
       .example('hx run "deid --profile safe-harbor | pretag | bundle -o out.json" bulk/*.ndjson', 'the pipe, in one process')
       .example('hx run "deid | pretag" -v --rejects bad.ndjson export.ndjson > tagged.ndjson', 'run-wide options go to hx run')
+      .example('hx run "deid | bundle" --workers 1 export.ndjson > bundle.json', 'on one thread (less memory)')
       .epilogue(
         'Output is byte-identical to the same commands joined by a unix pipe. Each stage takes the options of its ' +
           'command; the options of the whole run (files, --rejects, --report, -v, --progress, --max-line-bytes, ' +
-          '--no-unpack, -o, --gzip) are given once to hx run (-o and --gzip may also close the last stage). Only the ' +
+          '--no-unpack, -o, --gzip, --workers) are given once to hx run (-o and --gzip may also close the last stage). Only the ' +
           'last stage may write bytes (bundle). pretag reads regular input files twice, keeping input order, only ' +
           'when it is the first stage; after a stage that changes records (deid) it spools the smoking-status ' +
-          'Observations and writes them last, as `hx deid | hx pretag` does.',
+          'Observations and writes them last, as `hx deid | hx pretag` does.\n\n' +
+          'With --workers N (default: the cores), worker threads parse the NDJSON lines and run every stage\'s ' +
+          'per-record work; this thread keeps what spans records (bundle\'s dedupe set and open Bundle, pretag\'s ' +
+          'spool and patient table) and writes in input order, so the bytes are those of one thread. bundle --dir ' +
+          'keeps the run on one thread.',
       ) as never,
   handler: async (argv) => {
     const plans = await planStages(argv);
-    await runPlan(argv, composePlans(plans));
+    await runPlan(argv, inWorkers(plans, checkWorkers(argv.workers), argv) ?? composePlans(plans));
   },
 };
 
@@ -83,7 +90,7 @@ async function planStages(argv: ArgumentsCamelCase<RunArgs>): Promise<StagePlan[
   argv.gzip = shared.gzip;
   return stageArgs.map((stage, i) => {
     Object.assign(stage, shared);
-    const plan = commands[i]!.plan(stage as never, { readsInput: i === 0, alone: false });
+    const plan = commands[i]!.plan(stage as never, { readsInput: i === 0 });
     if ((plan.serializer || plan.sink) && i < words.length - 1) {
       throw new UsageError(`run: ${words[i]![0]} writes the output, so it can only be the last stage`);
     }
@@ -94,7 +101,6 @@ async function planStages(argv: ArgumentsCamelCase<RunArgs>): Promise<StagePlan[
 /** One stage's words, parsed with its command's own options. */
 function parseStage(command: StageCommand<never>, name: string, words: string[], last: boolean): ArgumentsCamelCase<InputArgs & OutputArgs> {
   for (const word of words) {
-    if (/^--workers(=|$)/.test(word)) throw new UsageError(`run: ${word}: the stages of hx run use no worker threads yet`);
     const option = /^--?(?:no-)?([^=]+)/.exec(word)?.[1];
     if (option === undefined || !RUN_WIDE.has(option) || (last && LAST_STAGE_MAY_HAVE.has(option))) continue;
     throw new UsageError(`run: ${word} applies to the whole run: give it to hx run, not to the ${name} stage`);
