@@ -51,11 +51,14 @@ const ROWS: Row[] = [
   { name: 'hx bundle', command: '$HX bundle $F' },
   { name: 'hx bundle --max-bytes 8MiB --max-entries 1000', command: '$HX bundle --max-bytes 8MiB --max-entries 1000 $F' },
   { name: 'hx bundle --no-dedupe', command: '$HX bundle --no-dedupe $F' },
+  { name: 'hx bundle --workers 2', command: '$HX bundle --workers 2 $F' },
   { name: 'hx fasten --all-types (two passes)', command: '$HX fasten --all-types $F' },
   { name: 'unix pipe: hx deid | hx pretag | hx bundle', command: '$HX deid --workers 1 $F | $HX pretag | $HX bundle' },
-  { name: 'hx run "deid | pretag | bundle" (one process)', command: '$HX run "deid | pretag | bundle" $F' },
+  { name: 'hx run "deid | pretag | bundle" --workers 1', command: '$HX run "deid | pretag | bundle" --workers 1 $F' },
+  { name: 'hx run "deid | pretag | bundle" --workers 2', command: '$HX run "deid | pretag | bundle" --workers 2 $F' },
   { name: 'unix pipe, safe-harbor: hx deid --profile safe-harbor | hx pretag | hx bundle', command: '$HX deid --workers 1 --profile safe-harbor --as-of 2026-01-01 $F | $HX pretag | $HX bundle' },
-  { name: 'hx run "deid --profile safe-harbor | pretag | bundle"', command: '$HX run "deid --profile safe-harbor --as-of 2026-01-01 | pretag | bundle" $F' },
+  { name: 'hx run "deid --profile safe-harbor | pretag | bundle" --workers 1', command: '$HX run "deid --profile safe-harbor --as-of 2026-01-01 | pretag | bundle" --workers 1 $F' },
+  { name: 'hx run "deid --profile safe-harbor | pretag | bundle" --workers 2', command: '$HX run "deid --profile safe-harbor --as-of 2026-01-01 | pretag | bundle" --workers 2 $F' },
 ];
 
 interface Result {
