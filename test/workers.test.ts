@@ -44,6 +44,21 @@ beforeAll(async () => {
   writeFileSync(messy, messyText);
 });
 
+/** `command` on the messy corpus with one worker and with two: the same bytes and account, balanced. */
+async function oneAndTwo(command: string[], tag: string) {
+  const one = await runWith([...command, messy], 1, tag);
+  const two = await runWith([...command, messy], 2, tag);
+  expect(two.stdout.equals(one.stdout)).toBe(true);
+  expect(two.account).toEqual(one.account);
+  expect(two.account.balanced).toBe(true);
+  return { one, two };
+}
+
+/** Reject rows in line order (the same set, whichever thread met them first). */
+function byLine(rows: { line: number; reason: string }[]) {
+  return [...rows].sort((a, b) => a.line - b.line || (a.reason < b.reason ? -1 : 1));
+}
+
 function countOf(text: string, needle: string): number {
   return text.split(needle).length - 1;
 }
@@ -70,18 +85,13 @@ describe('--workers', () => {
     ['pretag', ['pretag']],
     ['pretag --no-smoking-contradiction', ['pretag', '--no-smoking-contradiction']],
   ])('hx %s: two workers write the bytes, account and rejects of one thread', async (tag, command) => {
-    const one = await runWith([...command, messy], 1, tag);
-    const two = await runWith([...command, messy], 2, tag);
-    expect(two.stdout.equals(one.stdout)).toBe(true);
-    expect(two.account).toEqual(one.account);
-    expect(two.account.balanced).toBe(true);
+    const { one, two } = await oneAndTwo(command, tag);
     // Every odd line was met: invalid JSON, not an object, no type, the long line (and deid's modifier extension).
     expect(two.account.rejected).toBeGreaterThanOrEqual(4 * 3);
     expect(two.account.skippedBlank).toBeGreaterThan(0);
     expect(two.account.entriesWithoutResource).toBeGreaterThan(0);
     // The same rows; in order of input batch (within a batch, the reader's rejects come before the stage's, and
     // one thread may read a batch ahead of the stage, so only the set is the same for stages that reject).
-    const byLine = (rows: { line: number; reason: string }[]) => [...rows].sort((a, b) => a.line - b.line || (a.reason < b.reason ? -1 : 1));
     expect(byLine(two.rows)).toEqual(byLine(one.rows));
     if (tag === 'cat') expect(two.rows).toEqual(byLine(two.rows));
     // Line numbers are the input's: each names a line holding what was rejected.
@@ -108,12 +118,7 @@ describe('--workers', () => {
     ['run pretag | deid', ['run', `pretag | ${DEID.join(' ')}`]],
     ['run cat | pretag --no-h-flag-titer | bundle', ['run', 'cat | pretag --no-h-flag-titer | bundle --type collection']],
   ])('hx %s: the main thread assembles what the workers made, as one thread does', async (tag, command) => {
-    const one = await runWith([...command, messy], 1, tag);
-    const two = await runWith([...command, messy], 2, tag);
-    expect(two.stdout.equals(one.stdout)).toBe(true);
-    expect(two.account).toEqual(one.account);
-    expect(two.account.balanced).toBe(true);
-    const byLine = (rows: { line: number; reason: string }[]) => [...rows].sort((a, b) => a.line - b.line || (a.reason < b.reason ? -1 : 1));
+    const { one, two } = await oneAndTwo(command, tag);
     expect(byLine(two.rows)).toEqual(byLine(one.rows));
     const text = two.stdout.toString();
     if (tag.includes('bundle')) {
