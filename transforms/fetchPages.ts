@@ -291,7 +291,7 @@ class Fetcher {
   /** One page, fetched again from its start when it fails midway, emitting each entry once. */
   private async *page(url: string, source: string, stats: SearchStats, boundary: Boundary | undefined): AsyncGenerator<Batch, PageEnd> {
     const { client } = this.options;
-    const reader = new PageReader(source, url, stats, boundary, this.seen, this.ctx, this.maxEntryBytes, client.redactor.text.bind(client.redactor));
+    const reader = new PageReader(source, stats, boundary, this.seen, this.ctx, this.maxEntryBytes, client.redactor.text.bind(client.redactor));
     for (let attempt = 1; ; attempt++) {
       reader.restart();
       try {
@@ -336,7 +336,6 @@ class PageReader implements EntrySink {
 
   constructor(
     private readonly source: string,
-    private readonly url: string,
     private readonly stats: SearchStats,
     private readonly boundary: Boundary | undefined,
     private readonly seen: KeySet,

@@ -18,7 +18,6 @@
  * or the workers get what they judge by when they start (pretag with files:
  * the patient table of its first pass).
  */
-import { availableParallelism } from 'node:os';
 import { Transform, type TransformCallback } from 'node:stream';
 import { Worker } from 'node:worker_threads';
 import type { WorkerJob } from './workerJobs.js';
@@ -84,6 +83,8 @@ export interface ParallelStage {
   release?: () => AsyncIterable<Batch>;
   /** Called once every batch is written and every report merged, before the output's end. */
   ended?: () => void | Promise<void>;
+  /** Called when the run fails: let go of what `release` would have (the spool's file). */
+  abort?: () => void;
 }
 
 /** Where the records go: NDJSON (the default) or Bundles assembled on this thread. */
@@ -101,11 +102,6 @@ export interface ParallelOptions extends Omit<WorkerSetup, 'keepRejectText' | 'j
   stages: ParallelStage[];
   /** NDJSON when absent. */
   output?: ParallelOutput;
-}
-
-/** Default of `--workers`: the cores there are. */
-export function defaultWorkers(): number {
-  return availableParallelism();
 }
 
 /** `--workers N`: a whole number of at least 1. */
@@ -256,6 +252,7 @@ class ParallelSerialize extends Transform {
 
   override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
     this.wantMore?.();
+    if (err) for (const stage of this.options.stages) stage.abort?.();
     this.stop();
     callback(err);
   }

@@ -195,7 +195,7 @@ export async function startFhirServer(options: FhirServerOptions): Promise<FhirS
     else if (parts.length === 3 && (parts[0] === 'Person' || parts[0] === 'Patient') && parts[2] === '$everything') {
       if (options.noConsent) return outcome(res, 403, 'forbidden', 'The patient has not consented');
       if (parts[1] !== (options.patientId ?? PATIENT_ID)) return outcome(res, 404, 'not-found', `No ${parts[0]} with this id`);
-      page = everything(url, types, tenant);
+      page = everything(url, types);
     } else return outcome(res, 404, 'not-found', 'Unknown path');
     if (typeof page === 'string') return outcome(res, 400, 'invalid', page);
     await sendBundle(res, page, tenant, fault);
@@ -288,7 +288,7 @@ export async function startFhirServer(options: FhirServerOptions): Promise<FhirS
     return { match, offset, count, links, warnings };
   }
 
-  function everything(url: URL, types: Record<string, number>, tenant: string): Page | string {
+  function everything(url: URL, types: Record<string, number>): Page | string {
     const params = url.searchParams;
     const only = params.get('_type')?.split(',');
     const since = params.get('_since');

@@ -173,6 +173,7 @@ function pretagInWorkers(rules: PretagRules, rescan: (() => Readable) | undefine
     ended: () => {
       if (mode === 'two-pass') warnIfPassesDiffer(expected, stats, ctx.account);
     },
+    abort: () => void spool?.close(),
   };
 }
 
