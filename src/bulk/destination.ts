@@ -40,6 +40,14 @@ export interface Destination {
   abort(): Promise<void>;
 }
 
+/**
+ * A file being written takes up to this much before it says "wait": with the
+ * default 16 KiB, the disk's pace paused the socket on almost every chunk, and
+ * each pause and resume cost the download more CPU than the bytes did (0.5 GB,
+ * 4 files: 1.1 s of CPU against 0.85 s with 1 MiB).
+ */
+const FILE_WRITE_BUFFER = 1 << 20;
+
 export class DirDestination implements Destination {
   constructor(
     readonly dir: string,
@@ -55,7 +63,7 @@ export class DirDestination implements Destination {
   target(file: PlannedFile): FileTarget {
     const temp = join(this.dir, `.${file.name}.partial`);
     return {
-      open: () => createWriteStream(temp),
+      open: () => createWriteStream(temp, { highWaterMark: FILE_WRITE_BUFFER }),
       commit: async (counts) => {
         await rename(temp, join(this.dir, file.name));
         await this.state.update((s) => {
@@ -240,7 +248,7 @@ function lazySpool(folder: Promise<string>, name: string, onPath: (path: string)
   const ready = folder.then((dir) => {
     const path = join(dir, name);
     onPath(path);
-    file = createWriteStream(path);
+    file = createWriteStream(path, { highWaterMark: FILE_WRITE_BUFFER });
     file.on('error', (err) => stream.destroy(err));
     return file;
   });
