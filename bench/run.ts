@@ -115,7 +115,7 @@ if (!existsSync(`${base}.bundle.json`)) {
 }
 const files = { ndjson: `${base}.ndjson`, gz: `${base}.ndjson.gz`, bundle: `${base}.bundle.json` };
 const records = Number(execFileSync('bash', ['-c', `wc -l < ${files.ndjson}`], { encoding: 'utf8' }).trim());
-const env = { ...process.env, HX_DEID_KEY: 'bench-key', F: files.ndjson, GZ: files.gz, BUNDLE: files.bundle, HX: 'node dist/src/cli/main.js' };
+const env = { ...process.env, HX_DEID_KEY: 'bench-key', F: files.ndjson, GZ: files.gz, BUNDLE: files.bundle, HX: 'bin/hx.js' };
 const ndjsonBytes = statSync(files.ndjson).size;
 
 const results: Result[] = [];

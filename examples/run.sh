@@ -2,7 +2,7 @@
 # The main job of hx on the shipped samples: prints each command, then what it did.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-hx() { node dist/src/cli/main.js "$@"; }
+hx() { bin/hx.js "$@"; }
 out=examples/out
 mkdir -p "$out"
 # A fixed demo key, so the run is reproducible; use --key-file with a real secret for real data.

@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { Writable } from 'node:stream';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
@@ -158,5 +159,27 @@ describe('hx split', () => {
     expect(r.code).toBe(1);
     expect(existsSync(join(dir, 'Patient.ndjson'))).toBe(false);
     expect(readdirSync(dir)).toEqual([]);
+  });
+});
+
+describe('the hx launcher (bin/hx.js)', () => {
+  it('runs through sh and a symlink (as npm links it) with the smaller young generation', async () => {
+    const dir = tempDir('hx launcher ');
+    const link = join(dir, 'hx');
+    symlinkSync(join(dirname(HX), '../../../bin/hx.js'), link);
+    const input = join(dir, 'a file.ndjson');
+    writeFileSync(input, `${P('1')}\n`);
+    // Prints the Node flags of every thread as it starts.
+    const printer = join(dir, 'flags.mjs');
+    writeFileSync(printer, 'process.stderr.write(`flags: ${JSON.stringify(process.execArgv)}\\n`);\n');
+    const child = spawn(link, ['cat', '--workers', '1', input], { env: { ...process.env, NODE_OPTIONS: `--import=${pathToFileURL(printer).href}` } });
+    const out: Buffer[] = [];
+    let err = '';
+    child.stdout.on('data', (c: Buffer) => out.push(c));
+    child.stderr.on('data', (c: Buffer) => (err += c));
+    const code = await new Promise((resolve) => child.on('close', resolve));
+    expect(err).toBe('flags: ["--max-semi-space-size=8"]\n');
+    expect(code).toBe(0);
+    expect(Buffer.concat(out).toString()).toBe(`${P('1')}\n`);
   });
 });
