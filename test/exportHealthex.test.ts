@@ -112,6 +112,22 @@ describe('hx export-healthex', () => {
     expect(bundle.entry.some((e: Json) => e.resource.extension)).toBe(false);
   });
 
+  it('names each resource once when the server repeats some across pages (fetch drops them; the Bundle keeps no second set)', async () => {
+    const fhir = await startFhirServer({ tenants: { 'ev-personal': { Patient: 2, Condition: 100 } }, paging: 'offset', overlap: 3, maxCount: 20, tenantHeader: true });
+    closers.push(() => fhir.close());
+    const dir = tempDir();
+    const output = join(dir, 'export.json');
+    const r = await hx(['export-healthex', '--tenant-id', 'ev-personal', '--base-url', fhir.base, '--types', 'Patient', 'Condition', '-o', output, '--report', join(dir, 'report.json')], { env });
+    expect(r.code).toBe(0);
+    const keys = JSON.parse(readFileSync(output, 'utf8')).entry.map((e: Json) => `${e.resource.resourceType}/${e.resource.id}`);
+    expect(keys).toHaveLength(102);
+    expect(new Set(keys).size).toBe(102);
+    const report = JSON.parse(readFileSync(join(dir, 'report.json'), 'utf8'));
+    expect(report.dropped).toBeGreaterThan(0);
+    expect(report.droppedByReason).toEqual({ 'duplicate (type, id) across pages': report.dropped });
+    expect(report.balanced).toBe(true);
+  });
+
   it('fails on a 401 instead of exporting nothing', async () => {
     const { fhir } = await servers();
     const r = await hx(['export-healthex', '--tenant-id', 'ev-personal', '--base-url', fhir.base, '-o', join(tempDir(), 'x.json')], { env: { STEP_UP_SECRET: 'wrong-secret-999' } });

@@ -101,7 +101,12 @@ export const exportHealthexCommand: CommandModule<object, ExportArgs> = {
         ],
         ...(argv['dry-run']
           ? { sink: (ctx) => countingSink(ctx.account) }
-          : { serializer: (ctx) => toTransactionBundle({ pretty: argv.pretty }, ctx), output: { output, gzip: false } }),
+          : {
+              // No second dedupe set: fetchPages already drops a repeated (type, id), and neither the export
+              // profile nor pretag changes ids, so the Bundle's set would hold the same keys again (16 bytes each).
+              serializer: (ctx) => toTransactionBundle({ pretty: argv.pretty, dedupe: false }, ctx),
+              output: { output, gzip: false },
+            }),
       });
     } finally {
       await client.close();
