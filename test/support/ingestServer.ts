@@ -19,7 +19,7 @@
  * - Faults per request (429 with Retry-After, 5xx, 413, reset), a rate
  *   limit, a latency per request, and a hook run before each answer.
  *
- * Standalone (benchmarks): `node dist/test/support/ingestServer.js [--port N] [--secret S]`
+ * Standalone (benchmarks): `node dist/test/support/ingestServer.js [--port N] [--secret S] [--meta-only]`
  * prints the base URL and serves until killed. To serve reads and writes on
  * one port, `fhirServer.ts` would need a hook for extra routes; until then
  * the two run side by side (see `IngestServer.base`).
@@ -73,6 +73,8 @@ export interface IngestServerOptions {
   /** Files served at `{origin}/download/{name}`; `downloadAuth` is the Authorization they require. */
   downloads?: Record<string, Buffer | string>;
   downloadAuth?: string;
+  /** Keep only each stored resource's `meta` (benchmarks: a 1 GB import would hold 1 GB of objects). */
+  metaOnly?: boolean;
   /** The server's clock for token expiry (tests of renewal), epoch ms. */
   clock?: () => number;
   port?: number;
@@ -222,7 +224,7 @@ export function ingestRoutes(options: IngestServerOptions = {}, basePath = '/r6/
       const key = `${type}/${id}`;
       const version = String(Number((store.get(key)?.meta as { versionId?: string })?.versionId ?? 0) + 1);
       const stored = { ...resource!, id, meta: { versionId: version, lastUpdated: new Date().toISOString() } };
-      store.set(key, stored);
+      store.set(key, options.metaOnly ? { meta: stored.meta } : stored);
       upsertCounts.set(tenant, (upsertCounts.get(tenant) ?? 0) + 1);
       if (type === 'Patient') patientRef ??= key;
       if (type === 'Encounter') encounterRef ??= key;
@@ -384,13 +386,13 @@ function outcome(res: ServerResponse, status: number, code: string, diagnostics:
   res.end(body);
 }
 
-/** `node ingestServer.js [--port N] [--secret S]` */
+/** `node ingestServer.js [--port N] [--secret S] [--meta-only]` */
 async function main(argv: string[]): Promise<void> {
   const arg = (name: string) => {
     const at = argv.indexOf(`--${name}`);
     return at >= 0 ? argv[at + 1] : undefined;
   };
-  const server = await startIngestServer({ port: Number(arg('port') ?? 0), stepUpSecret: arg('secret') });
+  const server = await startIngestServer({ port: Number(arg('port') ?? 0), stepUpSecret: arg('secret'), metaOnly: argv.includes('--meta-only') });
   process.stdout.write(`${server.base}\n`);
 }
 
