@@ -30,16 +30,18 @@ interface Timing {
 }
 
 /** Runs a bash command under /usr/bin/time; the largest process's peak RSS. */
-function time(command: string, env: NodeJS.ProcessEnv = {}): Timing {
-  const run = spawnSync('/usr/bin/time', ['-f', '%e %U %S %M', 'bash', '-c', command], { env: { ...process.env, ...env }, encoding: 'utf8' });
+function time(command: string): Timing {
+  const run = spawnSync('/usr/bin/time', ['-f', '%e %U %S %M', 'bash', '-c', command], { encoding: 'utf8' });
   if (run.status !== 0) throw new Error(`failed: ${command}\n${run.stderr}`);
   const [seconds, user, system, kb] = run.stderr.trim().split('\n').at(-1)!.split(' ').map(Number) as [number, number, number, number];
   return { seconds, cpu: user + system, peakMb: kb / 1024 };
 }
 
+const NOT_RUN: Timing = { seconds: Infinity, cpu: Infinity, peakMb: 0 };
+
 /** The best of RUNS runs of each command, taken in turn; `before` runs ahead of every run (cleaning up). */
 function bestOf(commands: string[], before = ''): Timing[] {
-  const best: Timing[] = commands.map(() => ({ seconds: Infinity, cpu: Infinity, peakMb: 0 }));
+  const best = commands.map(() => NOT_RUN);
   for (let run = 0; run < RUNS; run++) {
     commands.forEach((command, i) => {
       if (before) spawnSync('bash', ['-c', before]);
@@ -60,7 +62,7 @@ function faster(a: Timing, b: Timing): Timing {
  * is sent grows from run to run, and the later runs would pay for its heap.
  */
 async function bestOfFresh(commands: ((base: string) => string)[], script: string, args: string[]): Promise<Timing[]> {
-  const best: Timing[] = commands.map(() => ({ seconds: Infinity, cpu: Infinity, peakMb: 0 }));
+  const best = commands.map(() => NOT_RUN);
   for (let run = 0; run < RUNS; run++) {
     for (const [i, command] of commands.entries()) {
       const { base, child } = await startServer(script, args);
