@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { random } from '../bench/generate.js';
+import { DocumentScanner } from '../src/io/documentScanner.js';
 import { splitBytes } from './support/split.js';
 
 /** Strings that try to fool a scanner: quotes, runs of backslashes, brackets, newlines escaped, non-ASCII. */
@@ -34,5 +35,67 @@ describe('DocumentScanner', () => {
       const { entry: _entry, ...rest } = bundle;
       expect(seen).toEqual([rest]);
     }
+  });
+});
+
+/** Feeds `text` to a scanner that finds resource bytes, in chunks of `size`; the entries' resource bytes as strings. */
+function resourceBytes(text: string, size = text.length): (string | undefined)[] {
+  const found: (string | undefined)[] = [];
+  const scanner = new DocumentScanner({ onElement: (_text, _line, bytes) => found.push(bytes?.toString('utf8')), onBadElement: () => {} }, 1 << 20, 1, true);
+  const bytes = Buffer.from(text);
+  for (let at = 0; at < bytes.length; at += size) scanner.push(bytes.subarray(at, at + size));
+  expect(scanner.done).toBe(true);
+  return found;
+}
+
+describe('DocumentScanner: the bytes of each entry\'s resource', () => {
+  const bundle = (...entries: string[]) => `{"resourceType":"Bundle","type":"searchset","entry":[${entries.join(',')}]}`;
+
+  it('finds the resource wherever it stands in the entry, with the bytes as they came', () => {
+    expect(
+      resourceBytes(
+        bundle(
+          '{"fullUrl":"x","resource":{"resourceType":"Observation","valueQuantity":{"value":1.50}},"search":{"mode":"match"}}',
+          '{"resource": {"resourceType": "Patient", "id": "p"} , "fullUrl":"y"}',
+          // a nested member named resource is not the entry's
+          '{"search":{"resource":{"x":1}},"response":{"outcome":{"resource":{}}},"resource":{"resourceType":"A"}}',
+        ),
+      ),
+    ).toEqual(['{"resourceType":"Observation","valueQuantity":{"value":1.50}}', '{"resourceType": "Patient", "id": "p"}', '{"resourceType":"A"}']);
+  });
+
+  it('gives the last of a repeated key, as JSON.parse keeps the last', () => {
+    const text = bundle('{"resource":{"resourceType":"A"},"resource":{"resourceType":"B"}}');
+    expect(resourceBytes(text)).toEqual(['{"resourceType":"B"}']);
+    expect(JSON.parse(text).entry[0].resource).toEqual({ resourceType: 'B' });
+  });
+
+  it('withholds the bytes whenever they might not be what JSON.parse sees, or span lines', () => {
+    // An escaped key that decodes to "resource" replaces the first value.
+    const escaped = bundle('{"resource":{"resourceType":"A"},"resourc\\u0065":{"resourceType":"B"}}');
+    expect(JSON.parse(escaped).entry[0].resource).toEqual({ resourceType: 'B' });
+    expect(resourceBytes(escaped)).toEqual([undefined]);
+    expect(resourceBytes(bundle('{"resource":{\n"resourceType":"A"}}'))).toEqual([undefined]);
+    expect(resourceBytes(bundle('{"resource":["not an object"]}', '{"resource":"text"}'))).toEqual([undefined, undefined]);
+    // In a top-level array the elements are resources, not entries.
+    expect(resourceBytes('[{"resourceType":"Basic","resource":{"x":1}}]')).toEqual([undefined]);
+  });
+
+  it('gives exactly the serialised resource or nothing, under any chunking; always when nothing can fool it', () => {
+    let given = 0;
+    for (let seed = 1; seed <= 150; seed++) {
+      const b = randomBundle(seed);
+      const text = JSON.stringify(b);
+      const expected = b.entry.map((e) => JSON.stringify(e.resource));
+      for (const size of [text.length, 1 + (seed % 17), 7]) {
+        const found = resourceBytes(text, size);
+        found.forEach((bytes, i) => bytes === undefined || expect(bytes).toBe(expected[i]));
+        given += found.filter((x) => x !== undefined).length;
+        // Whole, with no escape in a fullUrl, every entry's bytes are known.
+        if (size === text.length) found.forEach((bytes, i) => JSON.stringify(b.entry[i]!.fullUrl).includes('\\') || expect(bytes).toBe(expected[i]));
+      }
+      expect(resourceBytes(JSON.stringify(b, null, 2)).every((x) => x === undefined)).toBe(true);
+    }
+    expect(given).toBeGreaterThan(100);
   });
 });

@@ -424,3 +424,31 @@ describe('hx fetch: credentials', () => {
     for (const s of [secret, bearer, ...new Set(tokens), ...new Set(tokens.map((t) => t.split('.')[1]))]) expect(printed).not.toContain(s);
   });
 });
+
+describe('hx fetch: resources written as the server sent them', () => {
+  it('keeps the bytes of each resource (a decimal\'s precision, escapes), and re-serialises one that spans lines or is not UTF-8', async () => {
+    const { createServer } = await import('node:http');
+    const kept = '{"resourceType":"Observation","id":"a","valueQuantity":{"value":1.50,"unit":"caf\\u00e9"}}';
+    const body = Buffer.concat([
+      Buffer.from(`{"resourceType":"Bundle","type":"searchset","total":3,"entry":[{"fullUrl":"x","resource":${kept}},` +
+        '{"resource":{"resourceType":"Observation",\n  "id":"b","valueQuantity":{"value":2.50}}},' +
+        '{"resource":{"resourceType":"Observation","id":"c","note":[{"text":"'),
+      Buffer.from([0xff]),
+      Buffer.from('"}]}}]}'),
+    ]);
+    const server = createServer((_req, res) => res.writeHead(200, { 'content-type': 'application/fhir+json' }).end(body));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const { port } = server.address() as { port: number };
+      const r = await hx(['fetch', `http://127.0.0.1:${port}/fhir/Observation`]);
+      expect(r.stderr).toBe('');
+      expect(r.stdout.toString('utf8')).toBe(
+        `${kept}\n` +
+          '{"resourceType":"Observation","id":"b","valueQuantity":{"value":2.5}}\n' +
+          '{"resourceType":"Observation","id":"c","note":[{"text":"\uFFFD"}]}\n',
+      );
+    } finally {
+      server.close();
+    }
+  });
+});

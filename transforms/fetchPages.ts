@@ -41,6 +41,7 @@
  * paging keeps the ids seen at the current boundary instant (at most a
  * page's worth, since more than that is the no-progress failure).
  */
+import { isUtf8 } from 'node:buffer';
 import { Readable } from 'node:stream';
 import pLimit from 'p-limit';
 import type { Account } from '../src/account.js';
@@ -160,8 +161,42 @@ export function fetchStage(account: Account): FetchStage {
 
 /** A Readable of Batches: the resources of every page of every search, in search order. */
 export function fetchPages(options: FetchOptions, ctx: StageContext): Readable {
-  const fetcher = new Fetcher(options, ctx);
+  const fetcher = new Fetcher(options, ctx, false);
   return Readable.from(fetcher.run(), { objectMode: true, highWaterMark: 4 });
+}
+
+/**
+ * The resources of `fetchPages` as NDJSON bytes (a Readable of Buffers), each
+ * written as the server sent it: every entry is still parsed (to check it, and
+ * to page, dedupe and count by it) but not serialised again, which was the half
+ * of `hx fetch`'s work that changed nothing. It also keeps what a JSON round
+ * trip would lose, such as a decimal's precision (`1.50`). A resource whose
+ * bytes are not certain (see `JsonWalker`), span lines or are not valid UTF-8
+ * is serialised from its parsed value instead. Each resource is counted as
+ * written here.
+ */
+export function fetchNdjson(options: FetchOptions, ctx: StageContext): Readable {
+  const fetcher = new Fetcher(options, ctx, true);
+  return Readable.from(asNdjson(fetcher.run(), ctx.account), { objectMode: true, highWaterMark: 4 });
+}
+
+/** A Batch with, in verbatim mode, the bytes each resource came in (undefined where unknown). */
+interface FetchedBatch extends Batch {
+  raw?: (Buffer | undefined)[];
+}
+
+const NEWLINE = Buffer.from('\n');
+
+async function* asNdjson(batches: AsyncGenerator<FetchedBatch>, account: Account): AsyncGenerator<Buffer> {
+  for await (const { resources, raw } of batches) {
+    const parts: Buffer[] = [];
+    for (let i = 0; i < resources.length; i++) {
+      const resource = resources[i]!;
+      parts.push(raw?.[i] ?? Buffer.from(JSON.stringify(resource)), NEWLINE);
+      account.countWritten(resource.resourceType);
+    }
+    yield Buffer.concat(parts);
+  }
 }
 
 /** Where a keyset page starts: the last instant seen and the ids already had at it. */
@@ -192,12 +227,14 @@ class Fetcher {
   constructor(
     private readonly options: FetchOptions,
     private readonly ctx: StageContext,
+    /** Batches carry each resource's bytes (`FetchedBatch.raw`). */
+    private readonly verbatim: boolean,
   ) {
     this.stage = fetchStage(ctx.account);
     this.maxEntryBytes = options.maxEntryBytes ?? DEFAULT_MAX_LINE_BYTES;
   }
 
-  async *run(): AsyncGenerator<Batch> {
+  async *run(): AsyncGenerator<FetchedBatch> {
     try {
       yield* inOrder(
         this.options.searches.map((search) => () => this.search(search)),
@@ -211,7 +248,7 @@ class Fetcher {
     }
   }
 
-  private async *search(search: Search): AsyncGenerator<Batch> {
+  private async *search(search: Search): AsyncGenerator<FetchedBatch> {
     const stats: SearchStats = { fetched: 0, pages: 0, keysetPages: 0, duplicates: 0, keysetOverlap: 0, resentSkipped: 0 };
     this.stage.searches[search.label] = stats;
     let url = search.url;
@@ -289,9 +326,10 @@ class Fetcher {
   }
 
   /** One page, fetched again from its start when it fails midway, emitting each entry once. */
-  private async *page(url: string, source: string, stats: SearchStats, boundary: Boundary | undefined): AsyncGenerator<Batch, PageEnd> {
+  private async *page(url: string, source: string, stats: SearchStats, boundary: Boundary | undefined): AsyncGenerator<FetchedBatch, PageEnd> {
     const { client } = this.options;
-    const reader = new PageReader(source, stats, boundary, this.seen, this.ctx, this.maxEntryBytes, client.redactor.text.bind(client.redactor));
+    const redact = client.redactor.text.bind(client.redactor);
+    const reader = new PageReader(source, stats, boundary, this.seen, this.ctx, this.maxEntryBytes, redact, this.verbatim);
     for (let attempt = 1; ; attempt++) {
       reader.restart();
       try {
@@ -329,7 +367,9 @@ class PageReader implements EntrySink {
   /** Entries handled by earlier attempts, and so skipped. */
   private handled = 0;
   private received = 0;
-  private batch: Batch;
+  private batch: FetchedBatch;
+  /** The bytes of the entry being handled's resource, when known (verbatim mode). */
+  private resourceBytes: Buffer | undefined;
   private fresh = 0;
   private lastInstant: string | undefined;
   private readonly idsAtLast: string[] = [];
@@ -342,8 +382,13 @@ class PageReader implements EntrySink {
     private readonly ctx: StageContext,
     private readonly maxBytes: number,
     private readonly redact: (text: string) => string,
+    private readonly verbatim: boolean,
   ) {
-    this.batch = { source, lines: [], resources: [] };
+    this.batch = this.newBatch();
+  }
+
+  private newBatch(): FetchedBatch {
+    return { source: this.source, lines: [], resources: [], ...(this.verbatim ? { raw: [] } : {}) };
   }
 
   /** Starts (again) from the first byte of the page. */
@@ -353,13 +398,15 @@ class PageReader implements EntrySink {
     this.received = 0;
     this.scanner = new DocumentScanner(
       {
-        onElement: (text) => this.element(text),
+        onElement: (text, _line, resource) => this.element(text, resource),
         onBadElement: (reason) => {
           if (++this.index <= this.handled) return;
           this.reject(`entry ${this.index}: ${reason}`, () => undefined);
         },
       },
       this.maxBytes,
+      1,
+      this.verbatim,
     );
   }
 
@@ -369,7 +416,7 @@ class PageReader implements EntrySink {
     if (!this.scanner.done) this.scanner.push(chunk, 0);
     if (this.batch.resources.length === 0) return undefined;
     const batch = this.batch;
-    this.batch = { source: this.source, lines: [], resources: [] };
+    this.batch = this.newBatch();
     return batch;
   }
 
@@ -401,7 +448,7 @@ class PageReader implements EntrySink {
     };
   }
 
-  private element(text: string): void {
+  private element(text: string, resourceBytes: Buffer | undefined): void {
     const index = ++this.index;
     if (index <= this.handled) {
       this.stats.resentSkipped++;
@@ -414,7 +461,9 @@ class PageReader implements EntrySink {
       this.reject(`entry ${index}: invalid JSON`, () => text);
       return;
     }
+    this.resourceBytes = resourceBytes;
     unpackEntry(entry, index, this);
+    this.resourceBytes = undefined;
   }
 
   resource(resource: Resource): void {
@@ -444,6 +493,8 @@ class PageReader implements EntrySink {
     this.stats.fetched++;
     this.batch.resources.push(resource);
     this.batch.lines.push(this.index);
+    const bytes = this.resourceBytes;
+    this.batch.raw?.push(bytes && isUtf8(bytes) ? bytes : undefined);
   }
 
   reject(reason: string, text: () => string | undefined): void {
@@ -474,15 +525,15 @@ function nextLink(link: unknown): string | undefined {
  * of `cap` batches. The first failure anywhere ends the whole. Pumps not
  * yet started when it ends start and return at once.
  */
-async function* inOrder(
-  sources: (() => AsyncGenerator<Batch>)[],
+async function* inOrder<T>(
+  sources: (() => AsyncGenerator<T>)[],
   concurrency: number,
   cap: number,
   /** Cancels the sources' I/O when the whole ends early (a failure, or the reader went away). */
   cancel: () => void,
-): AsyncGenerator<Batch> {
+): AsyncGenerator<T> {
   interface Lane {
-    items: Batch[];
+    items: T[];
     ended: boolean;
     room: () => void;
   }

@@ -13,8 +13,13 @@
 import { CappedText, JsonWalker } from './jsonWalker.js';
 
 export interface ScannerEvents {
-  /** One entry (or array element) as JSON text, with the line it starts on. */
-  onElement(text: string, line: number): void;
+  /**
+   * One entry (or array element) as JSON text, with the line it starts on and,
+   * when asked for (`resourceBytes`), the bytes of the entry's `resource` as
+   * they came, if it is an object on one line whose bytes are known for
+   * certain (see `JsonWalker`).
+   */
+  onElement(text: string, line: number, resource?: Buffer): void;
   /** An element that does not fit in `maxBytes`, or is not an object. */
   onBadElement(reason: string, line: number): void;
 }
@@ -35,9 +40,11 @@ export class DocumentScanner extends JsonWalker {
     private readonly events: ScannerEvents,
     maxBytes: number,
     startLine = 1,
+    /** Find the bytes of each entry's `resource`. */
+    resourceBytes = false,
   ) {
     // Array elements of the streamed array are cut out too: the caller rejects them once parsed.
-    super(maxBytes, startLine, true);
+    super(maxBytes, startLine, true, resourceBytes ? 'resource' : undefined);
     this.metaText = new CappedText(maxBytes);
   }
 
@@ -125,8 +132,9 @@ export class DocumentScanner extends JsonWalker {
     else this.resourceType = text;
   }
 
-  protected elementFound(text: string, line: number): void {
-    this.events.onElement(text, line);
+  protected elementFound(text: string, line: number, resource?: Buffer): void {
+    // In a top-level array the elements are resources, not entries.
+    this.events.onElement(text, line, this.top === 'object' ? resource : undefined);
   }
 
   protected elementTooLarge(line: number): void {

@@ -12,6 +12,12 @@
  *
  * Memory: one element, capped at `maxBytes` (a larger one is reported, not
  * kept), and the string a subclass asked for (a key), as slices of the chunks.
+ *
+ * With a `spanKey`, the walker also finds where the value of that member of
+ * each element lies in the element's bytes (the `resource` of a Bundle entry),
+ * so that a caller can pass those bytes on unchanged instead of serialising the
+ * parsed value again. It costs one comparison per brace and per string at the
+ * element's own level, and it only ever errs towards "no span".
  */
 
 const QUOTE = 0x22;
@@ -43,15 +49,20 @@ export abstract class JsonWalker {
   /** A string asked for by `stringStarts` is being read, maybe across chunks. */
   private capturingString = false;
   private stringParts: Buffer[] = [];
+  /** The `spanKey` member: see `MemberSpan`. */
+  private readonly span: MemberSpan | undefined;
 
   constructor(
     protected readonly maxBytes: number,
     startLine: number,
     /** Whether an array member of the streamed array is cut out too (else reported as not an object). */
     private readonly streamsArrays: boolean,
+    /** Find the object value of this member in each element (see the class comment). */
+    spanKey?: string,
   ) {
     this.line = startLine;
     this.element = new CappedText(maxBytes);
+    this.span = spanKey === undefined ? undefined : new MemberSpan(spanKey);
   }
 
   /**
@@ -61,6 +72,8 @@ export abstract class JsonWalker {
   push(buf: Buffer, from = 0): number {
     const n = buf.length;
     if (this.inElement) this.elementStart = from;
+    const span = this.span;
+    span?.chunkStarted();
     let stringStart = this.capturingString ? from : -1;
     let i = from;
     while (i < n) {
@@ -79,6 +92,7 @@ export abstract class JsonWalker {
         i = q + 1;
         if (run % 2 === 1) continue;
         this.inString = false;
+        if (span?.stringOpen) span.stringClosed(buf, q);
         if (stringStart >= 0) {
           this.stringParts.push(buf.subarray(stringStart, q));
           const raw = Buffer.concat(this.stringParts);
@@ -99,18 +113,20 @@ export abstract class JsonWalker {
               this.capturingString = true;
               stringStart = i + 1;
             }
-          }
+          } else if (span && this.depth === this.streamDepth + 1) span.stringOpened(i + 1);
           break;
         case 0x7b: // {
         case 0x5b: // [
           this.depth++;
           if (!this.inElement) this.open(buf, i, c === 0x7b);
+          else if (span && this.depth === this.streamDepth + 2) span.valueOpened(c === 0x7b, this.offset(i), this.line);
           break;
         case 0x7d: // }
         case 0x5d: // ]
           this.depth--;
           if (this.inElement) {
             if (this.depth === this.streamDepth) this.endElement(buf, i);
+            else if (span?.valueOpen && this.depth === this.streamDepth + 1) span.valueClosed(this.offset(i) + 1, this.line);
           } else if (this.close(buf, i)) return i + 1;
           break;
         case 0x2c: // ,
@@ -154,8 +170,12 @@ export abstract class JsonWalker {
   }
   /** The raw bytes (escapes kept) of a string asked for by `stringStarts`. */
   protected stringCaptured(_raw: Buffer): void {}
-  /** One element of the streamed array as JSON text, with the line it starts on. */
-  protected abstract elementFound(text: string, line: number): void;
+  /**
+   * One element of the streamed array as JSON text, with the line it starts
+   * on and, with a `spanKey`, the bytes of that member's object value when
+   * they are known exactly (see `MemberSpan`).
+   */
+  protected abstract elementFound(text: string, line: number, member?: Buffer): void;
   /** An element larger than `maxBytes`, with the line it starts on. */
   protected abstract elementTooLarge(line: number): void;
   /** A member of the streamed array that is not an object (reported once until the next comma). */
@@ -168,6 +188,7 @@ export abstract class JsonWalker {
         this.element.reset();
         this.elementStart = i;
         this.elementLine = this.line;
+        this.span?.reset();
       } else this.reportNotObject();
       return;
     }
@@ -198,10 +219,16 @@ export abstract class JsonWalker {
       element.reset();
       this.elementTooLarge(this.elementLine);
     } else {
-      const text = element.text();
+      const bytes = element.bytes();
       element.reset(); // let go of the chunks
-      this.elementFound(text, this.elementLine);
+      const member = this.span?.slice(bytes);
+      this.elementFound(bytes.toString('utf8'), this.elementLine, member);
     }
+  }
+
+  /** Where `buf[i]` lies in the element being cut out. */
+  private offset(i: number): number {
+    return this.element.length + (i - this.elementStart);
   }
 
   private reportNotObject(): void {
@@ -215,14 +242,14 @@ export abstract class JsonWalker {
 export class CappedText {
   tooLarge = false;
   private parts: Buffer[] = [];
-  private bytes = 0;
+  private size = 0;
 
   constructor(private readonly maxBytes: number) {}
 
   append(part: Buffer): void {
     if (this.tooLarge || part.length === 0) return;
-    this.bytes += part.length;
-    if (this.bytes > this.maxBytes) {
+    this.size += part.length;
+    if (this.size > this.maxBytes) {
       this.tooLarge = true;
       this.parts = [];
       return;
@@ -230,15 +257,99 @@ export class CappedText {
     this.parts.push(part);
   }
 
+  /** Bytes gathered so far. */
+  get length(): number {
+    return this.size;
+  }
+
   text(): string {
+    return this.bytes().toString('utf8');
+  }
+
+  /** The gathered bytes (a slice of the chunk when they came in one). */
+  bytes(): Buffer {
     const parts = this.parts;
-    return parts.length === 1 ? parts[0]!.toString('utf8') : Buffer.concat(parts).toString('utf8');
+    return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
   }
 
   reset(): void {
     this.parts = [];
-    this.bytes = 0;
+    this.size = 0;
     this.tooLarge = false;
+  }
+}
+
+/**
+ * Where the object value of one member (`key`) of the element being cut out
+ * lies in the element's bytes. The span is given only when it is certainly
+ * what `JSON.parse` takes for that member, and on one line:
+ * - the key is matched on its raw bytes, so a string at the element's level
+ *   that has an escape, or that runs across chunks (either might decode to the
+ *   key), withholds the span;
+ * - a repeated key moves the span to the last value, as `JSON.parse` keeps the last;
+ * - a value with a line break in it has no span.
+ */
+class MemberSpan {
+  /** A string at the element's level is open. */
+  stringOpen = false;
+  /** The member's object value is open. */
+  valueOpen = false;
+  private readonly key: Buffer;
+  /** Where the open string started in this chunk; -1 when it began in an earlier one. */
+  private stringStart = -1;
+  private lastStringIsKey = false;
+  private withheld = false;
+  private start = -1;
+  private end = -1;
+  private line = 0;
+
+  constructor(key: string) {
+    this.key = Buffer.from(key, 'latin1');
+  }
+
+  reset(): void {
+    this.stringOpen = this.valueOpen = this.lastStringIsKey = this.withheld = false;
+    this.start = this.end = -1;
+  }
+
+  chunkStarted(): void {
+    if (this.stringOpen) this.stringStart = -1;
+  }
+
+  stringOpened(start: number): void {
+    this.stringOpen = true;
+    this.stringStart = start;
+  }
+
+  stringClosed(buf: Buffer, end: number): void {
+    this.stringOpen = false;
+    const start = this.stringStart;
+    const key = this.key;
+    this.lastStringIsKey = start >= 0 && end - start === key.length && buf.compare(key, 0, key.length, start, end) === 0;
+    if (this.lastStringIsKey) return;
+    if (start < 0) this.withheld = true;
+    else for (let k = start; k < end; k++) if (buf[k] === BACKSLASH) this.withheld = true;
+  }
+
+  /** A member's value opened at `offset` (every value follows its key, so the last string says whose). */
+  valueOpened(isObject: boolean, offset: number, line: number): void {
+    if (!this.lastStringIsKey) return;
+    this.lastStringIsKey = false;
+    this.valueOpen = isObject;
+    this.start = isObject ? offset : -1;
+    this.end = -1;
+    this.line = line;
+  }
+
+  /** The member's value closed just before `offset`. */
+  valueClosed(offset: number, line: number): void {
+    this.valueOpen = false;
+    if (line === this.line) this.end = offset;
+  }
+
+  /** The member's bytes in `element`, when known for certain. */
+  slice(element: Buffer): Buffer | undefined {
+    return this.withheld || this.start < 0 || this.end < 0 ? undefined : element.subarray(this.start, this.end);
   }
 }
 

@@ -1,3 +1,4 @@
+import { PassThrough } from 'node:stream';
 import type { CommandModule } from 'yargs';
 import { UsageError } from '../../errors.js';
 import { checkTenant, StepUpTokens } from '../../healthclaw/stepUp.js';
@@ -6,7 +7,7 @@ import { Redactor } from '../../http/redact.js';
 import {
   EXPORT_TYPES,
   everythingSearch,
-  fetchPages,
+  fetchNdjson,
   fetchStage,
   trimBase,
   typeSearches,
@@ -106,8 +107,10 @@ export const fetchCommand: CommandModule<object, FetchArgs> = {
       const account = await runRecords({
         input: argv,
         output: argv,
+        // The resources come as NDJSON bytes, as the server sent them.
+        serializer: () => new PassThrough(),
         source: (ctx, onBytes) =>
-          fetchPages(
+          fetchNdjson(
             {
               client,
               searches,
