@@ -35,10 +35,17 @@ export function mapStage(core: RecordCore, ctx: StageContext, dropReason = 'drop
   });
 }
 
-export function mapBatch(batch: Batch, core: RecordCore, ctx: StageContext, dropReason: string): Batch {
+/**
+ * `keepTexts`: the core never changes a resource it returns as the same
+ * object (a pure core), so such a resource keeps the text it was read from
+ * (`Batch.texts`). Never give it for a core that edits in place.
+ */
+export function mapBatch(batch: Batch, core: RecordCore, ctx: StageContext, dropReason: string, keepTexts = false): Batch {
   const resources: Resource[] = [];
   const lines: number[] = [];
   const { source } = batch;
+  const textsIn = keepTexts ? batch.texts : undefined;
+  const texts: (string | undefined)[] | undefined = textsIn && [];
   for (let i = 0; i < batch.resources.length; i++) {
     const loc = { source, line: batch.lines[i]! };
     const input = batch.resources[i]!;
@@ -56,6 +63,7 @@ export function mapBatch(batch: Batch, core: RecordCore, ctx: StageContext, drop
     }
     resources.push(output);
     lines.push(loc.line);
+    texts?.push(output === input ? textsIn![i] : undefined);
   }
-  return { source, lines, resources };
+  return texts ? { source, lines, resources, texts } : { source, lines, resources };
 }

@@ -51,6 +51,11 @@ export interface SplitOptions extends StageContext {
    * `splitLines`). Bundle documents are still parsed here, into Batches.
    */
   rawLines?: boolean;
+  /**
+   * Keep each NDJSON line a resource was parsed from (`Batch.texts`), for a
+   * serializer to write as it came. Resources of Bundles have none.
+   */
+  keepTexts?: boolean;
 }
 
 /** Complete NDJSON lines of one input, unparsed: `text` ends with a newline, its first line is `firstLine`. */
@@ -177,7 +182,7 @@ class NdjsonSplit extends Transform {
     super({ readableObjectMode: true, readableHighWaterMark: BATCHES_IN_FLIGHT });
     this.maxBytes = options.maxLineBytes ?? DEFAULT_MAX_LINE_BYTES;
     this.unpack = options.unpackBundles ?? true;
-    this.records = new RecordBatcher(options, options.source);
+    this.records = new RecordBatcher(options, options.source, options.keepTexts);
     if (options.needles && !options.rawLines) this.needles = new NeedleSearch(options.needles);
   }
 
@@ -411,7 +416,8 @@ class NdjsonSplit extends Transform {
     const parsed = parseRecord(line);
     if (parsed instanceof RecordRejected) this.records.reject(this.lineNo, parsed.reason, () => line);
     else if (parsed.resourceType === 'Bundle' && this.unpack) this.unpackBundle(parsed, this.lineNo);
-    else this.records.add(parsed, this.lineNo);
+    // The line as it came, when nothing but the object is on it.
+    else this.records.add(parsed, this.lineNo, line.charCodeAt(line.length - 1) === 0x7d && first === 0x7b ? line : undefined);
   }
 
   /** A streamed element: a Bundle entry, or a resource of a top-level array. */

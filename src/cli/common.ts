@@ -124,7 +124,7 @@ export async function runRecords(spec: RunSpec): Promise<Account> {
   const onBytes = progress ? (bytes: number) => progress.setBytes(bytes) : undefined;
   const source = spec.source
     ? spec.source(ctx, onBytes)
-    : readInputs(files, { ...ctx, maxLineBytes: input['max-line-bytes'], unpackBundles: input.unpack ?? true, rawLines: spec.rawLines, onBytes });
+    : readInputs(files, { ...ctx, maxLineBytes: input['max-line-bytes'], unpackBundles: input.unpack ?? true, rawLines: spec.rawLines, keepTexts: true, onBytes });
   const stages = spec.stages?.(ctx) ?? [];
   let output: Output | undefined;
   try {

@@ -13,7 +13,7 @@ import { BATCHES_IN_FLIGHT, type Batch } from '../types.js';
  */
 export const DEFAULT_CHUNK_BYTES = 64 * 1024;
 
-export interface ReadOptions extends StageContext, Pick<SplitOptions, 'maxLineBytes' | 'unpackBundles' | 'onBundle' | 'prefilter' | 'needles' | 'rawLines'> {
+export interface ReadOptions extends StageContext, Pick<SplitOptions, 'maxLineBytes' | 'unpackBundles' | 'onBundle' | 'prefilter' | 'needles' | 'rawLines' | 'keepTexts'> {
   /** Told the bytes read so far (compressed bytes for gzip files). */
   onBytes?: (bytes: number) => void;
   /** Bytes per read from files. */

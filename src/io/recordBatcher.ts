@@ -12,14 +12,18 @@ export class RecordBatcher {
   constructor(
     private readonly ctx: StageContext,
     private readonly source: string,
+    /** Keep the text each resource was parsed from (`Batch.texts`). */
+    private readonly keepTexts = false,
   ) {
     this.batch = this.empty();
   }
 
-  add(resource: Resource, line: number): void {
+  /** A resource read, with the NDJSON line it was parsed from when there is one. */
+  add(resource: Resource, line: number, text?: string): void {
     this.ctx.account.read++;
     this.batch.resources.push(resource);
     this.batch.lines.push(line);
+    this.batch.texts?.push(text);
   }
 
   /** A record read but refused: to the run's reject policy (which may throw). */
@@ -41,6 +45,6 @@ export class RecordBatcher {
   }
 
   private empty(): Batch {
-    return { source: this.source, lines: [], resources: [] };
+    return this.keepTexts ? { source: this.source, lines: [], resources: [], texts: [] } : { source: this.source, lines: [], resources: [] };
   }
 }

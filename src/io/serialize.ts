@@ -11,16 +11,21 @@ export function ndjsonSerialize(account: Account): Transform {
     writableObjectMode: true,
     writableHighWaterMark: BATCHES_IN_FLIGHT,
     transform(batch: Batch, _encoding, callback) {
-      callback(null, ndjsonBytes(batch.resources, account));
+      callback(null, ndjsonBytes(batch.resources, account, batch.texts));
     },
   });
 }
 
-/** The NDJSON lines of `resources` as UTF-8, each counted as written on `account`. */
-export function ndjsonBytes(resources: readonly Resource[], account: Account): Buffer {
+/**
+ * The NDJSON lines of `resources` as UTF-8, each counted as written on
+ * `account`: the text a resource was read from when `texts` has it (see
+ * `Batch.texts`), else the resource serialised.
+ */
+export function ndjsonBytes(resources: readonly Resource[], account: Account, texts?: readonly (string | undefined)[]): Buffer {
   const text = new Utf8Builder();
-  for (const resource of resources) {
-    text.addLine(JSON.stringify(resource));
+  for (let i = 0; i < resources.length; i++) {
+    const resource = resources[i]!;
+    text.addLine(texts?.[i] ?? JSON.stringify(resource));
     account.countWritten(resource.resourceType);
   }
   return text.take();

@@ -61,11 +61,13 @@ export class TypeFiles extends Writable {
 
   private async writeBatch(batch: Batch): Promise<void> {
     const byType = new Map<string, Utf8Builder>();
-    for (const resource of batch.resources) {
+    const { resources, texts } = batch;
+    for (let i = 0; i < resources.length; i++) {
+      const resource = resources[i]!;
       const type = resource.resourceType;
       let text = byType.get(type);
       if (!text) byType.set(type, (text = new Utf8Builder()));
-      text.addLine(JSON.stringify(resource));
+      text.addLine(texts?.[i] ?? JSON.stringify(resource));
       this.options.account.countWritten(type);
     }
     for (const [type, text] of byType) {

@@ -32,7 +32,7 @@ function run(raw: RawLines): BatchResult {
   account.onWarning = (message) => warnings.push(message);
   const rejects = new RecordedRejects(account);
   const ctx = { account, rejects };
-  let batch = splitLines(raw, { ...ctx, maxLineBytes: setup.maxLineBytes, unpackBundles: setup.unpackBundles });
+  let batch = splitLines(raw, { ...ctx, maxLineBytes: setup.maxLineBytes, unpackBundles: setup.unpackBundles, keepTexts: true });
   const held: [number, HeldRecord[]][] = [];
   let entries: EncodedEntries | undefined;
   // A plain loop: with a closure (jobs.forEach) holding `batch`, scavenges in the worker cost seven times more.
@@ -43,12 +43,12 @@ function run(raw: RawLines): BatchResult {
       batch = split.rest;
       if (split.held.length > 0) held.push([stage, split.held]);
     }
-    if (job.core) batch = mapBatch(batch, job.core, ctx, setup.dropReason);
+    if (job.core) batch = mapBatch(batch, job.core, ctx, setup.dropReason, job.keepsTexts);
     if (job.encoder) entries = job.encoder.encode(batch, ctx);
   }
   if (entries) entries.bytes = ownBuffer(entries.bytes);
   return {
-    bytes: entries ? undefined : ownBuffer(ndjsonBytes(batch.resources, account)),
+    bytes: entries ? undefined : ownBuffer(ndjsonBytes(batch.resources, account, batch.texts)),
     entries,
     held,
     read: account.read,

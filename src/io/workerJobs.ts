@@ -25,6 +25,8 @@ export interface JobCore {
   /** Sets the smoking-status Observations of each batch aside (`holdSmoking`) before `core`. */
   holds?: boolean;
   core?: RecordCore;
+  /** `core` never changes a resource it returns as the same object: such resources keep their text (`mapBatch`). */
+  keepsTexts?: boolean;
   /** Encodes each batch as Bundle entries instead of NDJSON. */
   encoder?: EntryEncoder;
   /** Counters to add to the run's stage stats since the last call (then zeroed). */
@@ -42,7 +44,8 @@ export function buildJob(job: WorkerJob): JobCore {
       return { core: (resource) => deidentifier.deidentify(resource), report: () => deidentifier.report };
     }
     case 'pretag':
-      return { ...pretagJob(job.rules, job.states), holds: job.hold };
+      // addTags copies the resource it tags, so an untouched one is the same object.
+      return { ...pretagJob(job.rules, job.states), holds: job.hold, keepsTexts: true };
     case 'bundle':
       return { encoder: new EntryEncoder(job.options) };
   }

@@ -1,0 +1,81 @@
+/**
+ * A resource that no stage changed is written as it was read (`Batch.texts`):
+ * its line's bytes, with the decimal precision and escapes a JSON round trip
+ * would lose. A resource that a stage changed is always serialised afresh.
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { hx, parseNdjson, tempDir } from './support/cli.js';
+
+/** Lines whose bytes differ from JSON.stringify(JSON.parse(line)). */
+const PATIENT = '{"resourceType":"Patient","id":"p1","name":[{"family":"Lin","given":["Derrick"]}],"extension":[{"url":"x","valueDecimal":70.50}]}';
+const UNTAGGED = '{"resourceType":"Observation","id":"o1","status":"final","subject":{"reference":"Patient/p1"},"valueQuantity":{"value":1.50,"unit":"caf\\u00e9"}}';
+/** No value: pretag's missing_result tags it. */
+const TAGGED = '{"resourceType":"Observation","id":"o2","status":"final","subject":{"reference":"Patient/p1"},"referenceRange":[{"low":{"value":3.0}}]}';
+const SPACED = '{"resourceType": "Condition", "id": "c1", "onsetAge": {"value": 4.0}}';
+const roundTrip = (line: string) => JSON.stringify(JSON.parse(line));
+
+function input(lines: string[]): string {
+  const path = join(tempDir(), 'in.ndjson');
+  writeFileSync(path, lines.join('\r\n') + '\n');
+  return path;
+}
+
+describe('resources written as they were read', () => {
+  it('hx cat writes each line as it came (CRLF and surrounding blanks aside), with one worker or two', async () => {
+    const path = input([PATIENT, UNTAGGED, SPACED, `  ${UNTAGGED}`]);
+    for (const workers of ['1', '2']) {
+      const r = await hx(['cat', path, '--workers', workers]);
+      expect(r.stderr).toBe('');
+      // A line with blanks around its object is written from its parsed value.
+      expect(r.stdout.toString()).toBe([PATIENT, UNTAGGED, SPACED, roundTrip(UNTAGGED)].join('\n') + '\n');
+    }
+  });
+
+  it('hx split writes each line as it came, into its type\'s file', async () => {
+    const dir = join(tempDir(), 'out');
+    const r = await hx(['split', '--dir', dir, input([PATIENT, UNTAGGED, SPACED])]);
+    expect(r.code).toBe(0);
+    expect(readFileSync(join(dir, 'Observation.ndjson'), 'utf8')).toBe(UNTAGGED + '\n');
+    expect(readFileSync(join(dir, 'Condition.ndjson'), 'utf8')).toBe(SPACED + '\n');
+  });
+
+  it('hx cat re-serialises the resources of a Bundle', async () => {
+    const path = input([`{"resourceType":"Bundle","type":"collection","entry":[{"resource":${UNTAGGED}}]}`]);
+    expect((await hx(['cat', path])).stdout.toString()).toBe(roundTrip(UNTAGGED) + '\n');
+  });
+
+  it('hx pretag keeps the lines it does not tag and serialises the ones it tags: file, pipe and workers alike', async () => {
+    const path = input([PATIENT, UNTAGGED, TAGGED]);
+    const runs = [
+      await hx(['pretag', path]),
+      await hx(['pretag'], { stdin: [PATIENT, UNTAGGED, TAGGED].join('\n') + '\n' }),
+      await hx(['pretag', path, '--workers', '2']),
+      await hx(['run', 'pretag', path, '--workers', '2']),
+    ];
+    for (const r of runs) {
+      expect(r.stderr).toBe('');
+      const [patient, untagged, tagged, ...rest] = r.stdout.toString().split('\n');
+      expect(rest).toEqual(['']);
+      expect(patient).toBe(PATIENT);
+      expect(untagged).toBe(UNTAGGED);
+      // Tagged: serialised from the changed resource (3.0 becomes 3), with its tag.
+      expect(tagged).toContain('"low":{"value":3}');
+      expect(parseNdjson(tagged!)[0]!.extension).toHaveLength(1);
+    }
+  });
+
+  it('hx deid serialises every resource it writes, changed or not', async () => {
+    const path = input([PATIENT, UNTAGGED, SPACED]);
+    for (const args of [['deid', path], ['deid', path, '--workers', '2'], ['run', 'pretag | deid', path]]) {
+      const r = await hx(args, { env: { HX_DEID_KEY: 'test key' } });
+      expect(r.stderr).toBe('');
+      const lines = r.stdout.toString().trim().split('\n');
+      expect(lines).toHaveLength(3);
+      for (const line of lines) expect(line).toBe(roundTrip(line));
+      expect(r.stdout.toString()).not.toContain('Derrick');
+      expect(r.stdout.toString()).not.toContain('1.50');
+    }
+  });
+});
