@@ -66,6 +66,22 @@ describe('resources written as they were read', () => {
     }
   });
 
+  it('hx bundle puts each line in its entry as it came; a resource without an id (named by a hash of it) is serialised', async () => {
+    const idless = '{"resourceType":"Basic","extension":[{"url":"u","valueDecimal":1.50}]}';
+    const path = input([UNTAGGED, SPACED, idless]);
+    const outputs = [];
+    for (const workers of ['1', '2']) {
+      const r = await hx(['bundle', path, '--workers', workers]);
+      expect(r.code).toBe(0);
+      outputs.push(r.stdout.toString());
+    }
+    expect(outputs[1]).toBe(outputs[0]);
+    const text = outputs[0]!;
+    expect(text).toContain(`{"resource":${UNTAGGED},"request":{"method":"PUT","url":"Observation/o1"}}`);
+    expect(text).toContain(`{"resource":${SPACED},"request":{"method":"PUT","url":"Condition/c1"}}`);
+    expect(text).toContain(`"resource":${roundTrip(idless)},"request":{"method":"POST","url":"Basic"}}`);
+  });
+
   it('hx deid serialises every resource it writes, changed or not', async () => {
     const path = input([PATIENT, UNTAGGED, SPACED]);
     for (const args of [['deid', path], ['deid', path, '--workers', '2'], ['run', 'pretag | deid', path]]) {

@@ -178,19 +178,21 @@ export class BundleFormat {
   /**
    * The entry with `uuid(compact JSON)` as the name of a resource without an
    * id. That name, when there is one, starts `uuidOffset` bytes into the entry.
+   * `text`: the resource's compact JSON as it was read (`Batch.texts`), used
+   * instead of serialising it again.
    */
-  entryText(resource: Resource, url: string | undefined, uuid: (compact: string) => string): string {
-    const compact = JSON.stringify(resource);
+  entryText(resource: Resource, url: string | undefined, uuid: (compact: string) => string, text?: string): string {
+    const compact = text ?? JSON.stringify(resource);
     const json = this.pretty ? JSON.stringify(resource, null, 2).replaceAll('\n', '\n      ') : compact;
-    let text = this.open;
-    if (url === undefined) text += this.fullUrlKey + 'urn:uuid:' + uuid(compact) + this.fullUrlEnd;
-    else if (this.basePrefix !== undefined) text += this.basePrefix + url + this.fullUrlEnd;
-    text += this.resourceKey + json;
+    let entry = this.open;
+    if (url === undefined) entry += this.fullUrlKey + 'urn:uuid:' + uuid(compact) + this.fullUrlEnd;
+    else if (this.basePrefix !== undefined) entry += this.basePrefix + url + this.fullUrlEnd;
+    entry += this.resourceKey + json;
     if (this.withRequest) {
-      text += url === undefined ? this.postRequest + resource.resourceType : this.putRequest + url;
-      text += this.requestEnd;
+      entry += url === undefined ? this.postRequest + resource.resourceType : this.putRequest + url;
+      entry += this.requestEnd;
     }
-    return text + this.close;
+    return entry + this.close;
   }
 
   /** Bytes from the start of an entry without an id to its UUID (all ASCII before it). */
@@ -260,7 +262,7 @@ export class EntryEncoder {
   }
 
   encode(batch: Batch, ctx: StageContext): EncodedEntries {
-    const { resources, lines, source } = batch;
+    const { resources, lines, source, texts } = batch;
     const out = this.out;
     const encoded: EncodedEntries = { bytes: EMPTY, ends: [], types: [], ids: [], noId: [], given: resources.length };
     for (let i = 0; i < resources.length; i++) {
@@ -275,7 +277,9 @@ export class EntryEncoder {
       }
       const start = out.length;
       out.append(this.separator);
-      const bytes = out.append(this.format.entryText(resource, url, this.placeholder));
+      // A resource without an id is named by a hash of its serialised form, never of its input text.
+      const text = url === undefined ? undefined : texts?.[i];
+      const bytes = out.append(this.format.entryText(resource, url, this.placeholder, text));
       if (this.frameBytes + bytes > this.maxBytes) {
         out.truncate(start);
         const size = `${url ?? resource.resourceType}: ${this.frameBytes + bytes} bytes in a Bundle of its own, budget ${this.maxBytes}`;
