@@ -48,6 +48,12 @@ describe('resources written as they were read', () => {
 
   it('hx pretag keeps the lines it does not tag and serialises the ones it tags: file, pipe and workers alike', async () => {
     const path = input([PATIENT, UNTAGGED, TAGGED]);
+    const smoking = (id: string, code: string) =>
+      `{"resourceType":"Observation","id":"${id}","subject":{"reference":"Patient/p1"},"code":{"coding":[{"system":"http://loinc.org","code":"72166-2"}]},` +
+      `"valueCodeableConcept":{"coding":[{"system":"http://snomed.info/sct","code":"${code}"}]},"referenceRange":[{"low":{"value":1.50}}]}`;
+    // A smoking-status Observation with no contradiction is held by the pipe's spool, and still written as it came.
+    const pipe = await hx(['pretag'], { stdin: [UNTAGGED, smoking('s1', '8517006'), PATIENT].join('\n') + '\n' });
+    expect(pipe.stdout.toString()).toBe([UNTAGGED, PATIENT, smoking('s1', '8517006')].join('\n') + '\n');
     const runs = [
       await hx(['pretag', path]),
       await hx(['pretag'], { stdin: [PATIENT, UNTAGGED, TAGGED].join('\n') + '\n' }),

@@ -379,19 +379,25 @@ export class SmokingSpool {
     return (resource) => this.states.get(subjectReference(resource)) === CONTRADICTORY;
   }
 
-  /** The held records, in the order held, as Batches of one source and at most SPOOL_BATCH records. */
+  /**
+   * The held records, in the order held, as Batches of one source and at most
+   * SPOOL_BATCH records, each with its text as held (`Batch.texts`), so that an
+   * untagged one is written as it came, as from a file.
+   */
   async *release(): AsyncGenerator<Batch> {
     let out: Batch | undefined;
-    for await (const texts of this.spool.lines()) {
-      for (const text of texts) {
+    for await (const held of this.spool.lines()) {
+      for (const text of held) {
         const [source, line, resource] = JSON.parse(text) as [string, number, Resource];
         if (out && (out.source !== source || out.resources.length >= SPOOL_BATCH)) {
           yield out;
           out = undefined;
         }
-        out ??= { source, lines: [], resources: [] };
+        out ??= { source, lines: [], resources: [], texts: [] };
         out.resources.push(resource);
         out.lines.push(line);
+        // `hold` wrote `[source,line,text]` with JSON.stringify(source): the text is what follows `[source,line,`.
+        out.texts!.push(text.slice(JSON.stringify(source).length + String(line).length + 3, -1));
       }
     }
     if (out) yield out;
