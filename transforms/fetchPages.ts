@@ -180,7 +180,11 @@ export function fetchNdjson(options: FetchOptions, ctx: StageContext): Readable 
   return Readable.from(asNdjson(fetcher.run(), ctx.account), { objectMode: true, highWaterMark: 4 });
 }
 
-/** A Batch with, in verbatim mode, the bytes each resource came in (undefined where unknown). */
+/**
+ * A Batch with, in verbatim mode, the bytes each resource came in (undefined
+ * where unknown). Bytes rather than `Batch.texts`: they are copied to the
+ * output as they are, where a string would be decoded and encoded again.
+ */
 interface FetchedBatch extends Batch {
   raw?: (Buffer | undefined)[];
 }
