@@ -41,9 +41,13 @@ describe('resources written as they were read', () => {
     expect(readFileSync(join(dir, 'Condition.ndjson'), 'utf8')).toBe(SPACED + '\n');
   });
 
-  it('hx cat re-serialises the resources of a Bundle', async () => {
-    const path = input([`{"resourceType":"Bundle","type":"collection","entry":[{"resource":${UNTAGGED}}]}`]);
-    expect((await hx(['cat', path])).stdout.toString()).toBe(roundTrip(UNTAGGED) + '\n');
+  it('hx cat writes the resources of a one-line Bundle document as they came, and re-serialises the others', async () => {
+    const bundle = `{"resourceType":"Bundle","type":"collection","entry":[{"fullUrl":"x","resource":${UNTAGGED}},{"resource":${SPACED}}]}`;
+    expect((await hx(['cat', input([bundle])])).stdout.toString()).toBe(`${UNTAGGED}\n${SPACED}\n`);
+    const pretty = JSON.stringify(JSON.parse(bundle), null, 2);
+    expect((await hx(['cat', input([pretty])])).stdout.toString()).toBe(`${roundTrip(UNTAGGED)}\n${roundTrip(SPACED)}\n`);
+    // A Bundle on an NDJSON line is unpacked from its parsed value.
+    expect((await hx(['cat', input([PATIENT, bundle])])).stdout.toString()).toBe(`${PATIENT}\n${roundTrip(UNTAGGED)}\n${roundTrip(SPACED)}\n`);
   });
 
   it('hx pretag keeps the lines it does not tag and serialises the ones it tags: file, pipe and workers alike', async () => {

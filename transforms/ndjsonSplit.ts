@@ -53,7 +53,9 @@ export interface SplitOptions extends StageContext {
   rawLines?: boolean;
   /**
    * Keep each NDJSON line a resource was parsed from (`Batch.texts`), for a
-   * serializer to write as it came. Resources of Bundles have none.
+   * serializer to write as it came; in a Bundle document, the bytes of each
+   * entry's resource when the scanner knows them (on one line, see
+   * `JsonWalker`). The resources of a Bundle on an NDJSON line have none.
    */
   keepTexts?: boolean;
 }
@@ -234,11 +236,12 @@ class NdjsonSplit extends Transform {
   private newScanner(): DocumentScanner {
     return new DocumentScanner(
       {
-        onElement: (text, line) => this.element(text, line),
+        onElement: (text, line, resource) => this.element(text, line, resource),
         onBadElement: (reason, line) => this.records.reject(line, reason, () => undefined),
       },
       this.maxBytes,
       this.lineNo + 1,
+      this.options.keepTexts,
     );
   }
 
@@ -420,8 +423,8 @@ class NdjsonSplit extends Transform {
     else this.records.add(parsed, this.lineNo, line.charCodeAt(line.length - 1) === 0x7d && first === 0x7b ? line : undefined);
   }
 
-  /** A streamed element: a Bundle entry, or a resource of a top-level array. */
-  private element(text: string, line: number): void {
+  /** A streamed element: a Bundle entry (with its resource's bytes when kept), or a resource of a top-level array. */
+  private element(text: string, line: number, resource: Buffer | undefined): void {
     if (this.options.prefilter && !this.options.prefilter(text)) {
       if (!this.scanner?.isArray) this.entryIndex++;
       return;
@@ -440,7 +443,7 @@ class NdjsonSplit extends Transform {
       this.records.reject(line, `entry: ${jsonErrorReason(err as Error, text)}`, () => text);
       return;
     }
-    this.entry(entry, this.entryIndex++, line);
+    this.entry(entry, this.entryIndex++, line, resource?.toString('utf8'));
   }
 
   private unpackBundle(bundle: Resource, line: number): void {
@@ -454,9 +457,9 @@ class NdjsonSplit extends Transform {
     for (let i = 0; i < entry.length; i++) this.entry(entry[i], i, line);
   }
 
-  private entry(entry: unknown, index: number, line: number): void {
+  private entry(entry: unknown, index: number, line: number, text?: string): void {
     unpackEntry(entry, index, {
-      resource: (resource) => this.records.add(resource, line),
+      resource: (resource) => this.records.add(resource, line, text),
       reject: (reason, text) => this.records.reject(line, reason, text),
       outcome: (message) => this.options.account.warn(`${formatLocation({ source: this.options.source, line })}: ${message}`),
       empty: () => this.options.account.entriesWithoutResource++,
