@@ -36,16 +36,13 @@ export function mapStage(core: RecordCore, ctx: StageContext, dropReason = 'drop
 }
 
 /**
- * `keepTexts`: the core never changes a resource it returns as the same
- * object (a pure core), so such a resource keeps the text it was read from
- * (`Batch.texts`). Never give it for a core that edits in place.
+ * The batch through a per-record core. The new Batch carries no texts
+ * (`Batch.texts`): a core may change a resource in place.
  */
-export function mapBatch(batch: Batch, core: RecordCore, ctx: StageContext, dropReason: string, keepTexts = false): Batch {
+export function mapBatch(batch: Batch, core: RecordCore, ctx: StageContext, dropReason: string): Batch {
   const resources: Resource[] = [];
   const lines: number[] = [];
   const { source } = batch;
-  const textsIn = keepTexts ? batch.texts : undefined;
-  const texts: (string | undefined)[] | undefined = textsIn && [];
   for (let i = 0; i < batch.resources.length; i++) {
     const loc = { source, line: batch.lines[i]! };
     const input = batch.resources[i]!;
@@ -63,7 +60,6 @@ export function mapBatch(batch: Batch, core: RecordCore, ctx: StageContext, drop
     }
     resources.push(output);
     lines.push(loc.line);
-    texts?.push(output === input ? textsIn![i] : undefined);
   }
-  return texts ? { source, lines, resources, texts } : { source, lines, resources };
+  return { source, lines, resources };
 }

@@ -23,8 +23,9 @@ export interface Batch {
    * saves a third of `hx cat` and keeps what a JSON round trip loses (a
    * decimal's `1.50`). A stage that passes resources on builds a new Batch,
    * which drops these, and may carry a text over only for a resource it
-   * returns untouched (`mapBatch`'s `keepTexts`, pretag's Tagger): never for
-   * one it changed, in place or not. Absent: serialise everything.
+   * returns untouched, or rewrite it to say exactly what it changed (pretag's
+   * Tagger splices its tags in): never keep it for a resource it changed, in
+   * place or not. Absent: serialise everything.
    */
   texts?: (string | undefined)[];
 }

@@ -16,6 +16,7 @@ import {
   pretagRecord,
   pretagStage,
   smokingStatus,
+  spliceTags,
   type PretagOptions,
   type PretagStats,
 } from '../transforms/pretag.js';
@@ -126,6 +127,15 @@ describe('per-record cores', () => {
     expect(addTags(once, ['h_flag_titer', 'missing_result'])).toBe(once);
     const more = addTags(addTags(input, ['missing_result']), ['h_flag_titer', 'missing_result']);
     expect(pretagCodesOf(more)).toEqual(['missing_result', 'h_flag_titer']);
+  });
+
+  it('spliceTags says in text what addTags does to the object, for a resource without extensions', () => {
+    const text = '{"resourceType":"Observation","id":"o1", "status":"final","valueString":"High"}';
+    const codes = ['smoking_contradiction', 'h_flag_titer'] as const;
+    const spliced = spliceTags(text, codes);
+    expect(spliced.startsWith(text.slice(0, -1) + ',"extension":[')).toBe(true);
+    expect(JSON.parse(spliced)).toEqual(addTags(JSON.parse(text), [...codes]));
+    expect(JSON.stringify(JSON.parse(spliced))).toBe(JSON.stringify(addTags(JSON.parse(text), [...codes])));
   });
 
   it('addTags rejects an extension that is not an array, naming the element only', () => {

@@ -1,7 +1,9 @@
 /**
  * A resource that no stage changed is written as it was read (`Batch.texts`):
  * its line's bytes, with the decimal precision and escapes a JSON round trip
- * would lose. A resource that a stage changed is always serialised afresh.
+ * would lose. A resource that a stage changed is serialised afresh, except
+ * where the change is spliced into its text (pretag's tags, when the resource
+ * had no extension).
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -13,6 +15,13 @@ const PATIENT = '{"resourceType":"Patient","id":"p1","name":[{"family":"Lin","gi
 const UNTAGGED = '{"resourceType":"Observation","id":"o1","status":"final","subject":{"reference":"Patient/p1"},"valueQuantity":{"value":1.50,"unit":"caf\\u00e9"}}';
 /** No value: pretag's missing_result tags it. */
 const TAGGED = '{"resourceType":"Observation","id":"o2","status":"final","subject":{"reference":"Patient/p1"},"referenceRange":[{"low":{"value":3.0}}]}';
+/** Has an extension already: tagged, it is serialised. */
+const EXTENDED = '{"resourceType":"Observation","id":"o3","extension":[{"url":"x","valueDecimal":2.0}]}';
+const MISSING_RESULT_TAG =
+  '{"url":"https://healthclaw.example.org/fhir/StructureDefinition/curatr-pretag","valueCodeableConcept":{"coding":[{"system":' +
+  '"https://healthclaw.example.org/fhir/StructureDefinition/curatr-pretag","code":"missing_result","display":"Observation has no ' +
+  'result value \u2014 may indicate pending or cancelled result"}],"text":"Observation has no result value \u2014 may indicate ' +
+  'pending or cancelled result"}}';
 const SPACED = '{"resourceType": "Condition", "id": "c1", "onsetAge": {"value": 4.0}}';
 const roundTrip = (line: string) => JSON.stringify(JSON.parse(line));
 
@@ -50,8 +59,8 @@ describe('resources written as they were read', () => {
     expect((await hx(['cat', input([PATIENT, bundle])])).stdout.toString()).toBe(`${PATIENT}\n${roundTrip(UNTAGGED)}\n${roundTrip(SPACED)}\n`);
   });
 
-  it('hx pretag keeps the lines it does not tag and serialises the ones it tags: file, pipe and workers alike', async () => {
-    const path = input([PATIENT, UNTAGGED, TAGGED]);
+  it('hx pretag keeps the lines it does not tag, splices its tags into those without extensions, serialises the rest: file, pipe and workers alike', async () => {
+    const path = input([PATIENT, UNTAGGED, TAGGED, EXTENDED]);
     const smoking = (id: string, code: string) =>
       `{"resourceType":"Observation","id":"${id}","subject":{"reference":"Patient/p1"},"code":{"coding":[{"system":"http://loinc.org","code":"72166-2"}]},` +
       `"valueCodeableConcept":{"coding":[{"system":"http://snomed.info/sct","code":"${code}"}]},"referenceRange":[{"low":{"value":1.50}}]}`;
@@ -60,20 +69,26 @@ describe('resources written as they were read', () => {
     expect(pipe.stdout.toString()).toBe([UNTAGGED, PATIENT, smoking('s1', '8517006')].join('\n') + '\n');
     const runs = [
       await hx(['pretag', path]),
-      await hx(['pretag'], { stdin: [PATIENT, UNTAGGED, TAGGED].join('\n') + '\n' }),
+      await hx(['pretag'], { stdin: [PATIENT, UNTAGGED, TAGGED, EXTENDED].join('\n') + '\n' }),
       await hx(['pretag', path, '--workers', '2']),
       await hx(['run', 'pretag', path, '--workers', '2']),
     ];
     for (const r of runs) {
       expect(r.stderr).toBe('');
-      const [patient, untagged, tagged, ...rest] = r.stdout.toString().split('\n');
+      const [patient, untagged, tagged, extended, ...rest] = r.stdout.toString().split('\n');
       expect(rest).toEqual(['']);
       expect(patient).toBe(PATIENT);
       expect(untagged).toBe(UNTAGGED);
-      // Tagged: serialised from the changed resource (3.0 becomes 3), with its tag.
-      expect(tagged).toContain('"low":{"value":3}');
-      expect(parseNdjson(tagged!)[0]!.extension).toHaveLength(1);
+      // No extension before: its line (3.0 kept) with the tag as a new last member.
+      expect(tagged).toBe(`${TAGGED.slice(0, -1)},"extension":[${MISSING_RESULT_TAG}]}`);
+      // An extension already: serialised from the tagged resource (2.0 becomes 2).
+      expect(extended).toBe(roundTrip(EXTENDED).replace('2.0', '2').slice(0, -2) + `,${MISSING_RESULT_TAG}]}`);
     }
+    // Smoking-status Observations tagged from the spool are spliced too.
+    const contradictory = await hx(['pretag'], { stdin: [smoking('s1', '8517006'), smoking('s2', '266919005')].join('\n') + '\n' });
+    const lines = contradictory.stdout.toString().split('\n');
+    expect(lines[0]).toMatch(/^\{"resourceType":"Observation","id":"s1",.*"low":\{"value":1\.50\}\}\],"extension":\[\{"url":/);
+    expect(parseNdjson(contradictory.stdout.toString()).map((o) => (o.extension as unknown[]).length)).toEqual([1, 1]);
   });
 
   it('hx bundle puts each line in its entry as it came; a resource without an id (named by a hash of it) is serialised', async () => {

@@ -167,8 +167,8 @@ export function deidentify(resource: Resource, options: DeidentifyOptions = {}):
  * batch a side rather than Node's 16: an output batch shares unchanged
  * sub-objects with its input, so buffered batches cost twice.
  *
- * Never `keepTexts`, not even for a resource the profile left as it was: the
- * input line may hold what `JSON.parse` never showed the profile (a repeated
+ * Its Batches carry no texts (`mapBatch`), not even for a resource the
+ * profile left as it was: the input line may hold what `JSON.parse` never showed the profile (a repeated
  * key keeps only its last value, `"subject":{…"display":"Lin, Derrick"}`
  * before a second `"subject"`), and writing the line would let it through.
  */

@@ -43,7 +43,8 @@ function run(raw: RawLines): BatchResult {
       batch = split.rest;
       if (split.held.length > 0) held.push([stage, split.held]);
     }
-    if (job.core) batch = mapBatch(batch, job.core, ctx, setup.dropReason, job.keepsTexts);
+    if (job.core) batch = mapBatch(batch, job.core, ctx, setup.dropReason);
+    if (job.map) batch = job.map(batch, ctx);
     if (job.encoder) entries = job.encoder.encode(batch, ctx);
   }
   if (entries) entries.bytes = ownBuffer(entries.bytes);

@@ -4,10 +4,11 @@
  * builds the same cores for the Batches it transforms itself.
  */
 import { createDeidentifier, type DeidentifyOptions } from '../../transforms/deidentify.js';
-import { addTags, isSmokingObservation, pretagCodes, pretagCodesOf, subjectReference, type PretagCode } from '../../transforms/pretag.js';
+import { newPretagStats, subjectReference, Tagger, type PretagCode, type PretagStats } from '../../transforms/pretag.js';
 import { EntryEncoder, type EntryOptions } from '../../transforms/toTransactionBundle.js';
 import { CONTRADICTORY, PatientStates } from '../pretag/patientStates.js';
-import type { RecordCore } from '../stage.js';
+import type { RecordCore, StageContext } from '../stage.js';
+import type { Batch, Resource } from '../types.js';
 
 export type WorkerJob =
   | { kind: 'cat' }
@@ -25,8 +26,8 @@ export interface JobCore {
   /** Sets the smoking-status Observations of each batch aside (`holdSmoking`) before `core`. */
   holds?: boolean;
   core?: RecordCore;
-  /** `core` never changes a resource it returns as the same object: such resources keep their text (`mapBatch`). */
-  keepsTexts?: boolean;
+  /** Or the work on whole Batches, which keeps or rewrites their texts itself (pretag's Tagger). */
+  map?: (batch: Batch, ctx: StageContext) => Batch;
   /** Encodes each batch as Bundle entries instead of NDJSON. */
   encoder?: EntryEncoder;
   /** Counters to add to the run's stage stats since the last call (then zeroed). */
@@ -44,8 +45,7 @@ export function buildJob(job: WorkerJob): JobCore {
       return { core: (resource) => deidentifier.deidentify(resource), report: () => deidentifier.report };
     }
     case 'pretag':
-      // addTags copies the resource it tags, so an untouched one is the same object.
-      return { ...pretagJob(job.rules, job.states), holds: job.hold, keepsTexts: true };
+      return { ...pretagJob(job.rules, job.states), holds: job.hold };
     case 'bundle':
       return { encoder: new EntryEncoder(job.options) };
   }
@@ -53,40 +53,21 @@ export function buildJob(job: WorkerJob): JobCore {
 
 /** The counters of `PretagStats` that per-record tagging adds to. */
 export const PRETAG_COUNTERS = ['examined', 'observations', 'smokingObservations', 'resourcesTagged', 'smoking_contradiction', 'h_flag_titer', 'missing_result'] as const;
-type PretagCounter = (typeof PRETAG_COUNTERS)[number];
 
-/** What `pretagStage`'s Tagger does to one record, on settled patient states, counting the same things. */
-function pretagJob(ruleList: PretagCode[], cloned: PatientStates | undefined): JobCore {
-  const rules = new Set(ruleList);
-  const smokingRule = rules.has('smoking_contradiction');
+/** `pretagStage`'s Tagger, on settled patient states (or none: the smoking-status Observations are held). */
+function pretagJob(rules: PretagCode[], cloned: PatientStates | undefined): JobCore {
   // A structured clone keeps the table's typed arrays, not its class.
   const states = cloned && (Object.setPrototypeOf(cloned, PatientStates.prototype) as PatientStates);
-  let counts = zero();
+  const contradictory = (resource: Resource) => states?.get(subjectReference(resource)) === CONTRADICTORY;
+  let stats = newPretagStats('per-record');
+  const tagger = new Tagger(new Set(rules), stats);
   return {
-    core: (resource) => {
-      counts.examined++;
-      if (resource.resourceType !== 'Observation') return resource;
-      counts.observations++;
-      const smoking = smokingRule && isSmokingObservation(resource);
-      if (smoking) counts.smokingObservations++;
-      const contradictory = smoking && states !== undefined && states.get(subjectReference(resource)) === CONTRADICTORY;
-      const codes = pretagCodes(resource, rules, contradictory);
-      if (codes.length === 0) return resource;
-      const tagged = addTags(resource, codes); // throws RecordRejected when extension is not an array
-      if (tagged === resource) return resource;
-      const present = pretagCodesOf(resource);
-      for (const code of codes) if (!present.includes(code)) counts[code]++;
-      counts.resourcesTagged++;
-      return tagged;
-    },
+    map: (batch, ctx) => tagger.batch(batch, contradictory, ctx.rejects),
     takeCounters: () => {
-      const out = counts;
-      counts = zero();
-      return out;
+      const counters: Record<string, number> = { ...stats.tagsAdded };
+      for (const name of PRETAG_COUNTERS) if (!(name in counters)) counters[name] = stats[name as keyof PretagStats] as number;
+      Object.assign(stats, newPretagStats('per-record'));
+      return counters;
     },
   };
-}
-
-function zero(): Record<PretagCounter, number> {
-  return { examined: 0, observations: 0, smokingObservations: 0, resourcesTagged: 0, smoking_contradiction: 0, h_flag_titer: 0, missing_result: 0 };
 }

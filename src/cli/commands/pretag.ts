@@ -20,7 +20,7 @@ import { UsageError } from '../../errors.js';
 import { readInputs } from '../../io/input.js';
 import { Rejects } from '../../rejects.js';
 import { PatientStates } from '../../pretag/patientStates.js';
-import { mapBatch, type StageContext } from '../../stage.js';
+import type { StageContext } from '../../stage.js';
 import type { Batch } from '../../types.js';
 import { checkWorkers, type ParallelStage } from '../../io/workers.js';
 import { buildJob, PRETAG_COUNTERS, type JobCore } from '../../io/workerJobs.js';
@@ -140,7 +140,7 @@ function pretagInWorkers(rules: PretagRules, rescan: (() => Readable) | undefine
   let here: JobCore | undefined;
   let spool: SmokingSpool | undefined;
   const tag = (batch: Batch) => {
-    const out = mapBatch(batch, here!.core!, ctx, 'dropped');
+    const out = here!.map!(batch, ctx);
     add(here!.takeCounters!());
     return out;
   };
