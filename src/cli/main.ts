@@ -20,6 +20,13 @@ const cli = yargs(args)
   .help()
   .alias('h', 'help');
 
+// yargs renders a command's whole help before its handler's first await
+// returns, in case the handler asks for it (hx never does): 50-90 ms of every
+// run, on the main thread while the pipeline starts. Not cached, not paid.
+(cli as unknown as { getInternalMethods(): { getUsageInstance(): { cacheHelpMessage(): void } } })
+  .getInternalMethods()
+  .getUsageInstance().cacheHelpMessage = () => {};
+
 try {
   await cli.parseAsync();
 } catch (err) {
