@@ -101,6 +101,20 @@ describe('--workers', () => {
     expect(two.stderr).toMatch(/messy\.ndjson:\d+: entry 1: search outcome: warning: partial/);
   });
 
+  it('an input of one read batch is parsed on the main thread: no worker starts', async () => {
+    const small = join(dir, 'small.ndjson');
+    writeFileSync(small, messyText.split('\n').slice(0, 60).join('\n') + '\n');
+    const one = await runWith(['cat', small], 1, 'small');
+    const report = join(dir, 'report-small-2.json');
+    const rejects = join(dir, 'rejects-small-2.ndjson');
+    const two = await hx(['cat', small, '--workers', '2', '--max-line-bytes', '2000', '--rejects', rejects, '--report', report]);
+    expect(two.stdout.equals(one.stdout)).toBe(true);
+    expect(JSON.parse(readFileSync(report, 'utf8')).workerThreads).toBe(0);
+    // Its bad line is still rejected, with its number.
+    expect(one.rows).toEqual([expect.objectContaining({ line: 22, reason: expect.stringMatching(/^invalid JSON/) })]);
+    expect(readFileSync(rejects, 'utf8').split('\n').filter(Boolean).map((line) => JSON.parse(line))).toEqual(one.rows);
+  });
+
   it('hx pretag: two workers judge smoking contradictions on the first pass, as one thread does', async () => {
     const one = await runWith(['pretag', messy], 1, 'smoking');
     const two = await runWith(['pretag', messy], 2, 'smoking');
