@@ -103,6 +103,12 @@ export interface RunSpec {
   output?: OutputArgs;
   /** Read NDJSON lines unparsed (`RawLines`), for a serializer that parses them in worker threads. */
   rawLines?: boolean;
+  /**
+   * The first stage writes every record afresh: do not keep the text each was
+   * read from (`Batch.texts`; for a Bundle document, the bytes of each entry's
+   * resource, which cost a decoding each).
+   */
+  ignoresTexts?: boolean;
   /** A sink that takes Batches itself (count, split) instead of serializer + output. */
   sink?: (ctx: StageContext) => Writable & { finish?: () => Promise<void> };
 }
@@ -124,7 +130,7 @@ export async function runRecords(spec: RunSpec): Promise<Account> {
   const onBytes = progress ? (bytes: number) => progress.setBytes(bytes) : undefined;
   const source = spec.source
     ? spec.source(ctx, onBytes)
-    : readInputs(files, { ...ctx, maxLineBytes: input['max-line-bytes'], unpackBundles: input.unpack ?? true, rawLines: spec.rawLines, keepTexts: true, onBytes });
+    : readInputs(files, { ...ctx, maxLineBytes: input['max-line-bytes'], unpackBundles: input.unpack ?? true, rawLines: spec.rawLines, keepTexts: !spec.ignoresTexts, onBytes });
   const stages = spec.stages?.(ctx) ?? [];
   let output: Output | undefined;
   try {

@@ -18,6 +18,8 @@ export interface StagePlan {
   serializer?: RunSpec['serializer'];
   /** The serializer parses NDJSON lines itself (in worker threads): read them unparsed. */
   rawLines?: boolean;
+  /** The stage writes every record afresh (deid): the reader need not keep the text it was read from. */
+  ignoresTexts?: boolean;
   /** The stage's work with records parsed in worker threads (`--workers`); without it, the run keeps to one thread. */
   parallel?: (ctx: StageContext) => ParallelStage;
   /** The last stage's bytes from worker threads' results (bundle's); NDJSON when absent. */
@@ -69,6 +71,7 @@ export function inWorkers(plans: StagePlan[], workers: number, input: InputArgs)
   if (!stages.every((plan) => plan.parallel) || ((last.serializer || last.sink) && !last.parallelOutput)) return undefined;
   return {
     rawLines: true,
+    ignoresTexts: plans[0]!.ignoresTexts,
     serializer: (ctx) =>
       parallelSerialize(
         {
@@ -91,6 +94,7 @@ export function inWorkers(plans: StagePlan[], workers: number, input: InputArgs)
 export function composePlans(plans: StagePlan[]): StagePlan {
   const last = plans.at(-1);
   return {
+    ignoresTexts: plans[0]?.ignoresTexts,
     stages: (ctx) => plans.flatMap((plan) => plan.stages?.(ctx) ?? []),
     serializer: last?.serializer,
     sink: last?.sink,

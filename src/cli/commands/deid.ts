@@ -109,6 +109,7 @@ function deidPlan(argv: DeidArgs): StagePlan {
   };
   const core = (resource: Resource) => deidentifier.deidentify(resource);
   return {
+    ignoresTexts: true,
     stages: (ctx) => [deidentifyStage(deidentifier, ctx)],
     // In worker threads: each builds its own Deidentifier from the same options; their reports are added up here.
     parallel: (ctx) => {
