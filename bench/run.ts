@@ -43,6 +43,7 @@ const ROWS: Row[] = [
   { name: 'hx cat (Bundle JSON)', command: '$HX cat $BUNDLE', input: 'bundle' },
   { name: 'hx count', command: '$HX count $F' },
   { name: 'hx deid (export profile)', command: '$HX deid --workers 1 $F' },
+  { name: 'hx deid --workers 2 (export profile)', command: '$HX deid --workers 2 $F' },
   { name: 'hx deid --profile redact', command: '$HX deid --workers 1 --profile redact $F' },
   { name: 'hx deid --profile safe-harbor --workers 1', command: '$HX deid --workers 1 --profile safe-harbor --as-of 2026-01-01 $F' },
   { name: 'hx deid --profile safe-harbor --workers 2', command: '$HX deid --workers 2 --profile safe-harbor --as-of 2026-01-01 $F' },
