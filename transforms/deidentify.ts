@@ -168,9 +168,10 @@ export function deidentify(resource: Resource, options: DeidentifyOptions = {}):
  * sub-objects with its input, so buffered batches cost twice.
  *
  * Its Batches carry no texts (`mapBatch`), not even for a resource the
- * profile left as it was: the input line may hold what `JSON.parse` never showed the profile (a repeated
- * key keeps only its last value, `"subject":{…"display":"Lin, Derrick"}`
- * before a second `"subject"`), and writing the line would let it through.
+ * profile left as it was: the input line may hold what `JSON.parse` never
+ * showed the profile (a repeated key keeps only its last value,
+ * `"subject":{…"display":"Lin, Derrick"}` before a second `"subject"`), and
+ * writing the line would let it through.
  */
 export function deidentifyStage(options: Deidentifier | DeidentifyOptions, ctx: StageContext): Transform {
   const deidentifier = 'deidentify' in options ? options : createDeidentifier(options);

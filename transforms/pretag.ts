@@ -168,9 +168,9 @@ function withTags(resource: Resource, codes: readonly PretagCode[]): Resource {
  * The text of a resource tagged with `codes`, made from `text`, the JSON
  * text it was read from, when the resource had no `extension`: the tags as
  * a new last member, the same member `appendTags` adds to the object, so
- * the text still says what the object holds. Splicing costs a fraction of
- * serialising the tagged resource again (in the benchmark corpus a fifth of
- * the records get a tag). `text` must be a JSON object whose parse had no
+ * the text still says what the object holds. Splicing is cheaper than
+ * serialising the tagged resource again, and in the benchmark corpus a fifth
+ * of the records get a tag. `text` must be a JSON object whose parse had no
  * `extension` member (then the text has none, not even a duplicate); it
  * ends with its closing brace, and holds a member before it (every
  * Observation has its `resourceType`).

@@ -59,7 +59,7 @@ function pretagJob(rules: PretagCode[], cloned: PatientStates | undefined): JobC
   // A structured clone keeps the table's typed arrays, not its class.
   const states = cloned && (Object.setPrototypeOf(cloned, PatientStates.prototype) as PatientStates);
   const contradictory = (resource: Resource) => states?.get(subjectReference(resource)) === CONTRADICTORY;
-  let stats = newPretagStats('per-record');
+  const stats = newPretagStats('per-record');
   const tagger = new Tagger(new Set(rules), stats);
   return {
     map: (batch, ctx) => tagger.batch(batch, contradictory, ctx.rejects),

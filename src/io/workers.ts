@@ -16,11 +16,11 @@
  * Bundle documents are parsed by the main thread's reader (one document is
  * one stream of entries) and their Batches go through each stage's `local`
  * work, in order; so does the first batch of lines, parsed here, so that a
- * small input never starts the workers. Cross-record state stays in the main thread: the dedupe
- * set and open Bundle of `bundle`, the spool and patient table of `pretag`
- * on a pipe (the workers send the smoking-status Observations back as text);
- * or the workers get what they judge by when they start (pretag with files:
- * the patient table of its first pass).
+ * small input never starts the workers. Cross-record state stays in the
+ * main thread: the dedupe set and open Bundle of `bundle`, the spool and
+ * patient table of `pretag` on a pipe (the workers send the smoking-status
+ * Observations back as text); or the workers get what they judge by when
+ * they start (pretag with files: the patient table of its first pass).
  */
 import { Transform, type TransformCallback } from 'node:stream';
 import { Worker } from 'node:worker_threads';
