@@ -2,10 +2,11 @@
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { HxError } from '../errors.js';
+import { withoutHelpCache } from './helpCache.js';
 import { loadCommands } from './commands/index.js';
 
 const args = hideBin(process.argv);
-const cli = yargs(args)
+const cli = withoutHelpCache(yargs(args))
   .scriptName('hx')
   .usage('$0 <command> [options]\n\nStreaming FHIR transforms in constant memory. Logs and progress go to stderr.')
   .command((await loadCommands(args)) as never)
@@ -19,13 +20,6 @@ const cli = yargs(args)
   })
   .help()
   .alias('h', 'help');
-
-// yargs renders a command's whole help before its handler's first await
-// returns, in case the handler asks for it (hx never does): 50-90 ms of every
-// run, on the main thread while the pipeline starts. Not cached, not paid.
-(cli as unknown as { getInternalMethods(): { getUsageInstance(): { cacheHelpMessage(): void } } })
-  .getInternalMethods()
-  .getUsageInstance().cacheHelpMessage = () => {};
 
 try {
   await cli.parseAsync();

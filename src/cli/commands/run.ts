@@ -2,6 +2,7 @@ import yargs, { type ArgumentsCamelCase, type CommandModule } from 'yargs';
 import { UsageError } from '../../errors.js';
 import { checkWorkers } from '../../io/workers.js';
 import { withInputOptions, withOutputOptions, withWorkersOption, type InputArgs, type OutputArgs } from '../common.js';
+import { withoutHelpCache } from '../helpCache.js';
 import { composePlans, inWorkers, runPlan, splitPipeline, type StageCommand, type StagePlan } from '../pipeline.js';
 
 interface RunArgs extends InputArgs, OutputArgs {
@@ -106,7 +107,7 @@ function parseStage(command: StageCommand<never>, name: string, words: string[],
     throw new UsageError(`run: ${word} applies to the whole run: give it to hx run, not to the ${name} stage`);
   }
   let parsed: ArgumentsCamelCase<InputArgs & OutputArgs> | undefined;
-  yargs()
+  withoutHelpCache(yargs())
     .scriptName('hx run')
     .command({ ...(command.command as CommandModule<object, InputArgs & OutputArgs>), handler: (argv) => void (parsed = argv) })
     .strict()
