@@ -84,6 +84,10 @@ describe('resources written as they were read', () => {
       // An extension already: serialised from the tagged resource (2.0 becomes 2).
       expect(extended).toBe(roundTrip(EXTENDED).replace('2.0', '2').slice(0, -2) + `,${MISSING_RESULT_TAG}]}`);
     }
+    // A one-line Bundle document's entries keep their bytes, tagged or not.
+    const bundle = `{"resourceType":"Bundle","type":"collection","entry":[{"resource":${UNTAGGED}},{"resource":${TAGGED}}]}`;
+    const fromBundle = await hx(['pretag', input([bundle])]);
+    expect(fromBundle.stdout.toString()).toBe(`${UNTAGGED}\n${TAGGED.slice(0, -1)},"extension":[${MISSING_RESULT_TAG}]}\n`);
     // Smoking-status Observations tagged from the spool are spliced too.
     const contradictory = await hx(['pretag'], { stdin: [smoking('s1', '8517006'), smoking('s2', '266919005')].join('\n') + '\n' });
     const lines = contradictory.stdout.toString().split('\n');
