@@ -23,7 +23,7 @@ export type WorkerJob =
   | { kind: 'bundle'; options: EntryOptions & { maxBytes?: number } };
 
 export interface JobCore {
-  /** Sets the smoking-status Observations of each batch aside (`holdSmoking`) before `core`. */
+  /** Sets the smoking-status Observations of each batch aside (`holdSmoking`) before `core` or `map`. */
   holds?: boolean;
   core?: RecordCore;
   /** Or the work on whole Batches, which keeps or rewrites their texts itself (pretag's Tagger). */
