@@ -163,7 +163,7 @@ describe('hx split', () => {
 });
 
 describe('the hx launcher (bin/hx.js)', () => {
-  it('runs through sh and a symlink (as npm links it) with the smaller young generation', async () => {
+  it('runs through sh and a symlink (as npm links it) with its heap settings', async () => {
     const dir = tempDir('hx launcher ');
     const link = join(dir, 'hx');
     symlinkSync(join(dirname(HX), '../../../bin/hx.js'), link);
@@ -178,7 +178,7 @@ describe('the hx launcher (bin/hx.js)', () => {
     child.stdout.on('data', (c: Buffer) => out.push(c));
     child.stderr.on('data', (c: Buffer) => (err += c));
     const code = await new Promise((resolve) => child.on('close', resolve));
-    expect(err).toBe('flags: ["--max-semi-space-size=8"]\n');
+    expect(err).toBe('flags: ["--max-semi-space-size=8","--heap-growing-percent=10"]\n');
     expect(code).toBe(0);
     expect(Buffer.concat(out).toString()).toBe(`${P('1')}\n`);
   });
