@@ -5,6 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { Account } from '../src/account.js';
 import { RecordRejected } from '../src/errors.js';
 import { PatientStates } from '../src/pretag/patientStates.js';
+import { Spool } from '../src/pretag/spool.js';
 import { Rejects } from '../src/rejects.js';
 import type { Batch, Resource } from '../src/types.js';
 import {
@@ -262,5 +263,38 @@ describe('pretagStage', () => {
     await expect(runStage(batchesOf([byId('quantity'), bad], 2), {}, context)).rejects.toThrow(
       'in.ndjson:2: Observation: extension is not an array (cannot add a pre-tag)',
     );
+  });
+});
+
+describe('Spool', () => {
+  it('gives back every line in the order written, across gathered writes, with the exact byte count', async () => {
+    const spool = await Spool.open();
+    const written: string[] = [];
+    try {
+      // About 3 MB in lines of varied length (some multi-byte), so writes happen before, at and after the gathering limit.
+      for (let i = 0; i < 3000; i++) {
+        const lines = Array.from({ length: 1 + (i % 3) }, (_, j) => `${i}.${j} ${'é—x'.repeat((i * 7 + j) % 400)}`);
+        written.push(...lines);
+        await spool.write(lines.map((line) => line + '\n').join(''));
+      }
+      const read: string[] = [];
+      for await (const lines of spool.lines(4096)) read.push(...lines);
+      expect(read).toEqual(written);
+      expect(spool.bytes).toBe(Buffer.byteLength(written.join('\n') + '\n'));
+    } finally {
+      await spool.close();
+    }
+  });
+
+  it('refuses a write while the previous one is on its way to the disk', async () => {
+    const spool = await Spool.open();
+    try {
+      const big = 'x'.repeat(1 << 20) + '\n';
+      const first = spool.write(big); // reaches the limit: written now
+      await expect(spool.write('y\n')).rejects.toThrow('the previous write is not done');
+      await first;
+    } finally {
+      await spool.close();
+    }
   });
 });

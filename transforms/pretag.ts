@@ -318,7 +318,7 @@ export function pretagStage(options: PretagOptions, ctx: StageContext): Duplex {
         const tagged = tagger.batch(await spool.holdFrom(batch), () => false, ctx.rejects);
         if (tagged.resources.length > 0) yield tagged;
       }
-      const contradictory = spool.settle(stats);
+      const contradictory = await spool.settle(stats);
       for await (const held of spool.release()) {
         const tagged = tagger.batch(held, contradictory, ctx.rejects);
         if (tagged.resources.length > 0) yield tagged;
@@ -393,7 +393,8 @@ export class SmokingSpool {
   }
 
   /** Every record seen: the patient table's figures into `stats`; says whose records are contradictory. */
-  settle(stats: PretagStats): (resource: Resource) => boolean {
+  async settle(stats: PretagStats): Promise<(resource: Resource) => boolean> {
+    await this.spool.flush();
     stats.spoolBytes = this.spool.bytes;
     noteStates(this.states, stats);
     return (resource) => this.states.get(subjectReference(resource)) === CONTRADICTORY;

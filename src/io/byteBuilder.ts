@@ -32,6 +32,11 @@ export class ByteBuilder {
     return n;
   }
 
+  /** The bytes written so far, in place: valid until the next append or truncate. */
+  peek(): Buffer {
+    return this.buf.subarray(0, this.used);
+  }
+
   /** Forgets the bytes written after the first `length`. */
   truncate(length: number): void {
     this.used = Math.min(this.used, length);

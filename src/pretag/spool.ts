@@ -3,16 +3,28 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import { HxError } from '../errors.js';
+import { ByteBuilder } from '../io/byteBuilder.js';
+
+/** Bytes gathered per write. */
+const WRITE_BYTES = 1 << 20;
 
 /**
  * Lines set aside on disk and read back in the order written: a temporary
  * file, unlinked as soon as it is open where the system allows it (so a
  * killed run leaves nothing behind), removed on `close()` otherwise.
- * Writes are awaited one at a time, so memory holds at most one write.
+ * Lines are gathered, as UTF-8, into writes of about WRITE_BYTES: with a
+ * write per batch of input, each batch waited on the disk with its records
+ * alive, they outlived the young generation, and `hx pretag` from a pipe
+ * spent 15% of its time collecting garbage (4% now; 1 GB: 12.6 -> 10.5 s).
+ * Writes are awaited one at a time (the gathering buffer is written in
+ * place), so memory holds about WRITE_BYTES.
  */
 export class Spool {
-  /** Bytes written so far. */
+  /** Bytes written so far (`flush()` first for all of them). */
   bytes = 0;
+  /** Lines not written yet, as UTF-8: a string would keep alive the whole batch text each line was sliced from. */
+  private readonly pending = new ByteBuilder(WRITE_BYTES);
+  private writing = false;
 
   private constructor(
     private readonly file: FileHandle,
@@ -41,8 +53,23 @@ export class Spool {
 
   /** Appends `text` (whole lines, each ending with `\n`). */
   async write(text: string): Promise<void> {
-    const { bytesWritten } = await this.file.write(text, null, 'utf8');
-    this.bytes += bytesWritten;
+    if (this.writing) throw new Error('Spool.write: the previous write is not done');
+    this.pending.append(text);
+    if (this.pending.length >= WRITE_BYTES) await this.flush();
+  }
+
+  /** Writes what `write` has gathered (from its one buffer, reused: no garbage per write). */
+  async flush(): Promise<void> {
+    if (this.pending.length === 0) return;
+    const bytes = this.pending.peek();
+    this.writing = true;
+    try {
+      for (let done = 0; done < bytes.length; ) done += (await this.file.write(bytes, done)).bytesWritten;
+    } finally {
+      this.writing = false;
+    }
+    this.bytes += bytes.length;
+    this.pending.truncate(0);
   }
 
   /**
@@ -51,6 +78,7 @@ export class Spool {
    * consumer, so memory holds one chunk.
    */
   async *lines(chunkBytes = 64 * 1024): AsyncGenerator<string[]> {
+    await this.flush();
     const buffer = Buffer.allocUnsafe(chunkBytes);
     const decoder = new StringDecoder('utf8');
     let position = 0;

@@ -164,7 +164,7 @@ function pretagInWorkers(rules: PretagRules, rescan: (() => Readable) | undefine
     release: async function* () {
       if (!spool) return;
       try {
-        spool.settle(stats);
+        await spool.settle(stats);
         for await (const held of spool.release()) yield tag(held);
       } finally {
         await spool.close();
