@@ -178,8 +178,23 @@ describe('the hx launcher (bin/hx.js)', () => {
     child.stdout.on('data', (c: Buffer) => out.push(c));
     child.stderr.on('data', (c: Buffer) => (err += c));
     const code = await new Promise((resolve) => child.on('close', resolve));
-    expect(err).toBe('flags: ["--max-semi-space-size=8","--heap-growing-percent=10"]\n');
+    expect(err).toBe('flags: ["--max-semi-space-size=8","--heap-growing-percent=10","--expose-gc"]\n');
     expect(code).toBe(0);
     expect(Buffer.concat(out).toString()).toBe(`${P('1')}\n`);
+  });
+
+  it('runs --workers 2 with gc exposed and writes every line as it came', async () => {
+    const input = join(tempDir('hx launcher '), 'in.ndjson');
+    // 17 MB: the main thread looks at the bytes it holds from the workers (every 8 MB written) twice.
+    const lines = Array.from({ length: 40_000 }, (_, i) =>
+      JSON.stringify({ resourceType: 'Observation', id: `o${i}`, status: 'final', note: [{ text: `${i} `.repeat(60) }] }),
+    );
+    writeFileSync(input, lines.join('\n') + '\n');
+    const child = spawn(join(dirname(HX), '../../../bin/hx.js'), ['cat', '--workers', '2', input]);
+    const out: Buffer[] = [];
+    child.stdout.on('data', (c: Buffer) => out.push(c));
+    const code = await new Promise((resolve) => child.on('close', resolve));
+    expect(code).toBe(0);
+    expect(Buffer.concat(out).equals(readFileSync(input))).toBe(true);
   });
 });
