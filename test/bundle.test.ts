@@ -140,11 +140,24 @@ describe('KeySet', () => {
     expect(set.size).toBe(n);
   });
 
-  it('costs 8 bytes a slot, at most 75% full: between 10.7 and 21.4 bytes a key', () => {
+  it('costs 8 bytes a slot, each segment at most 80% full and grown by a quarter: 10 to 12.5 bytes a key', () => {
     const set = new KeySet({ seed: 2 });
     for (let i = 0; i < 100_000; i++) set.add(`k${i}`);
-    expect(set.bytes / set.size).toBeGreaterThanOrEqual(8 / 0.75);
-    expect(set.bytes / set.size).toBeLessThanOrEqual((2 * 8) / 0.75 + 0.1);
+    expect(set.bytes / set.size).toBeGreaterThanOrEqual(8 / 0.8);
+    expect(set.bytes / set.size).toBeLessThanOrEqual((1.25 * 8) / 0.8);
+  });
+
+  it('grows one segment at a time: never by more than a small part of its size', () => {
+    const set = new KeySet({ seed: 4 });
+    let before = set.bytes;
+    let largestStep = 0;
+    for (let i = 0; i < 200_000; i++) {
+      set.add(`Observation/${i}`);
+      if (set.bytes !== before) largestStep = Math.max(largestStep, (set.bytes - before) / before);
+      before = set.bytes;
+    }
+    expect(largestStep).toBeGreaterThan(0);
+    expect(largestStep).toBeLessThan(0.01);
   });
 
   it('addPair(a, b) is the key a/b, without building it', () => {
@@ -157,8 +170,13 @@ describe('KeySet', () => {
     expect(set.hasPair('Patient/', '1')).toBe(false);
   });
 
-  it('sizes its table for the keys expected', () => {
-    expect(new KeySet({ expected: 1_000_000 }).bytes).toBe(2 ** 21 * 8);
+  it('sizes its tables for the keys expected', () => {
+    const set = new KeySet({ expected: 1_000_000 });
+    const initial = set.bytes;
+    expect(initial).toBeGreaterThanOrEqual(1_000_000 * (8 / 0.8));
+    expect(initial).toBeLessThan(1_000_000 * (8 / 0.8) * 1.1);
+    for (let i = 0; i < 1_000_000; i++) set.add(`Patient/${i}`);
+    expect(set.bytes).toBe(initial);
   });
 
   it('hashes like a random function: no collision among 200k similar keys under several seeds', () => {

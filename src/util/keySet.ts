@@ -3,12 +3,15 @@
  * remember which records they have seen (bundle, fetch, fasten) without
  * keeping the records, or even the keys.
  *
- * Each key is stored as a 64-bit hash in an open-addressing table of
- * `Uint32Array` pairs (linear probing). The table is doubled when it gets 75%
- * full, so it holds 8 bytes per slot and 10.7 to 21.3 bytes per key (about
- * 16 on average); while it doubles, the old and the new table exist together
- * for a moment (1.5× that). 1 million keys cost about 16 MB, whatever the
- * length of the keys.
+ * Each key is stored as a 64-bit hash in open-addressing tables of
+ * `Uint32Array` pairs (8 bytes a slot, linear probing). The top 8 bits of the
+ * hash choose one of 256 segments, each its own table, kept at most 80% full
+ * and grown by a quarter when it gets there. So the set costs 10 to 12.5
+ * bytes per key (about 11; 1 million keys: 11 MB, whatever the length of the
+ * keys), and its growth is smooth: one segment is rebuilt at a time, so the
+ * old and the new copy that coexist for a moment are 1/256 of the set, not
+ * the whole of it as with a single table that doubles (which peaked at 32
+ * bytes per key while it did).
  *
  * The price of keeping hashes rather than keys: two different keys can share
  * a hash, and the second is then reported as already present (a false
@@ -19,20 +22,25 @@
  * is deterministic); pass a `seed` to vary it.
  */
 export interface KeySetOptions {
-  /** Keys expected; the table starts large enough for them. */
+  /** Keys expected; the tables start large enough for them. */
   expected?: number;
   /** 32-bit hash seed; a fixed one by default, for byte-identical runs. */
   seed?: number;
 }
 
-const MAX_LOAD = 0.75;
+const SEGMENTS = 256;
+const MAX_LOAD = 0.8;
+const GROWTH = 1.25;
+const MIN_SLOTS = 16;
 const DEFAULT_SEED = 0x9e3779b9;
 
 export class KeySet {
-  /** Slot i holds the hash (hi, lo) at [2i, 2i+1]; (0, 0) marks an empty slot. */
-  private table: Uint32Array;
-  private mask: number;
+  /** Segment s is `tables[s]`: slot i holds the hash (hi, lo) at [2i, 2i+1]; (0, 0) marks an empty slot. */
+  private readonly tables: Uint32Array[] = [];
+  /** Keys held per segment. */
+  private readonly counts = new Int32Array(SEGMENTS);
   private count = 0;
+  private tableBytes = 0;
   private readonly seed: number;
   // The last hash computed, kept in fields so that hashing allocates nothing.
   private hi = 0;
@@ -40,10 +48,11 @@ export class KeySet {
 
   constructor(options: KeySetOptions = {}) {
     this.seed = (options.seed ?? DEFAULT_SEED) >>> 0;
-    let slots = 1024;
-    while (slots * MAX_LOAD < (options.expected ?? 0)) slots *= 2;
-    this.table = new Uint32Array(slots * 2);
-    this.mask = slots - 1;
+    // A segment's share of the keys varies (binomially): leave room for four standard deviations above the mean.
+    const share = (options.expected ?? 0) / SEGMENTS;
+    const slots = Math.max(MIN_SLOTS, Math.ceil((share + 4 * Math.sqrt(share)) / MAX_LOAD));
+    for (let s = 0; s < SEGMENTS; s++) this.tables.push(new Uint32Array(slots * 2));
+    this.tableBytes = SEGMENTS * slots * 8;
   }
 
   /** Number of keys held. */
@@ -51,9 +60,9 @@ export class KeySet {
     return this.count;
   }
 
-  /** Bytes held by the table. */
+  /** Bytes held by the tables. */
   get bytes(): number {
-    return this.table.byteLength;
+    return this.tableBytes;
   }
 
   /** Adds `key`; returns false when it was (by its hash) already present. */
@@ -84,8 +93,11 @@ export class KeySet {
   }
 
   private insert(): boolean {
-    const { hi, lo, table, mask } = this;
-    for (let slot = lo & mask; ; slot = (slot + 1) & mask) {
+    const { hi, lo } = this;
+    const segment = hi >>> 24;
+    const table = this.tables[segment]!;
+    const slots = table.length >> 1;
+    for (let slot = home(lo, slots); ; slot = slot + 1 === slots ? 0 : slot + 1) {
       const at = slot * 2;
       const slotHi = table[at]!;
       const slotLo = table[at + 1]!;
@@ -93,15 +105,18 @@ export class KeySet {
       if (slotHi === 0 && slotLo === 0) {
         table[at] = hi;
         table[at + 1] = lo;
-        if (++this.count > (mask + 1) * MAX_LOAD) this.grow();
+        this.count++;
+        if (++this.counts[segment]! > slots * MAX_LOAD) this.grow(segment);
         return true;
       }
     }
   }
 
   private find(): boolean {
-    const { hi, lo, table, mask } = this;
-    for (let slot = lo & mask; ; slot = (slot + 1) & mask) {
+    const { hi, lo } = this;
+    const table = this.tables[hi >>> 24]!;
+    const slots = table.length >> 1;
+    for (let slot = home(lo, slots); ; slot = slot + 1 === slots ? 0 : slot + 1) {
       const at = slot * 2;
       const slotHi = table[at]!;
       const slotLo = table[at + 1]!;
@@ -110,22 +125,21 @@ export class KeySet {
     }
   }
 
-  private grow(): void {
-    const old = this.table;
-    const slots = (this.mask + 1) * 2;
+  private grow(segment: number): void {
+    const old = this.tables[segment]!;
+    const slots = Math.ceil((old.length >> 1) * GROWTH);
     const table = new Uint32Array(slots * 2);
-    const mask = slots - 1;
     for (let at = 0; at < old.length; at += 2) {
       const hi = old[at]!;
       const lo = old[at + 1]!;
       if (hi === 0 && lo === 0) continue;
-      let slot = lo & mask;
-      while (table[slot * 2] !== 0 || table[slot * 2 + 1] !== 0) slot = (slot + 1) & mask;
+      let slot = home(lo, slots);
+      while (table[slot * 2] !== 0 || table[slot * 2 + 1] !== 0) slot = slot + 1 === slots ? 0 : slot + 1;
       table[slot * 2] = hi;
       table[slot * 2 + 1] = lo;
     }
-    this.table = table;
-    this.mask = mask;
+    this.tables[segment] = table;
+    this.tableBytes += table.byteLength - old.byteLength;
   }
 
   /**
@@ -158,4 +172,13 @@ export class KeySet {
     // (0, 0) marks an empty slot; moving that one hash costs nothing measurable.
     this.lo = h1 >>> 0 || (this.hi === 0 ? 1 : 0);
   }
+}
+
+/**
+ * The first slot to try for a hash whose low word is `lo`, in a table of
+ * `slots` (any size, not only powers of two): its top 24 bits scaled to the
+ * table (exact in doubles up to 2^29 slots a segment).
+ */
+function home(lo: number, slots: number): number {
+  return Math.floor(((lo >>> 8) * slots) / 0x1000000);
 }
