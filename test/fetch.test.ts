@@ -146,6 +146,20 @@ describe('hx fetch: a HealthClaw-style server (no next links)', () => {
     expect(server.requests.filter((q) => /_lastUpdated=le2026/.test(decodeURIComponent(q.url)))).toHaveLength(15);
   });
 
+  it('keeps to the rate limit the server announces: waits for its window instead of drawing a 429', async () => {
+    const server = await serve(healthclaw({ maxCount: 50, rateLimit: { requests: 4, windowMs: 1000 }, tenants: { 'ev-personal': { Patient: 1, Observation: 300 } } }));
+    const dir = tempDir();
+    const r = await hx(['fetch', '--base-url', server.base, '--tenant-id', 'ev-personal', '--types', 'Patient', 'Observation', '--report', join(dir, 'report.json')], { env });
+    expect(r.code).toBe(0);
+    expect(new Set(ids(r.stdout)).size).toBe(301);
+    // 8 requests (1 + 7 pages of 50, the last one empty) in windows of 4: at least one wait, and no 429.
+    expect(server.requests.map((q) => q.status)).toEqual(Array(server.requests.length).fill(200));
+    const fetch = report(dir).stages.fetch;
+    expect(fetch).toMatchObject({ requests: server.requests.length, retries: 0 });
+    expect(fetch.rateLimitWaits).toBeGreaterThanOrEqual(1);
+    expect(r.stderr).toContain("hx: the server's rate limit is used up for now; waiting");
+  });
+
   it('writes the golden output for a small tenant paged by keyset (pages of 10, four resources per instant)', async () => {
     const server = await serve(healthclaw({ maxCount: 10, perInstant: 4, tenants: { 'ev-personal': { Patient: 2, Observation: 25 } } }));
     const r = await hx(['fetch', '--base-url', server.base, '--tenant-id', 'ev-personal', '--types', 'Patient', 'Observation'], { env });

@@ -1,8 +1,9 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { HxError } from '../src/errors.js';
 import { HttpClient, HttpError } from '../src/http/client.js';
+import { RateLimitGate } from '../src/http/rateLimit.js';
 import { Redactor } from '../src/http/redact.js';
 import { backoffMs, DEFAULT_RETRY, isRetryable, parseRetryAfter, retryDelay, RetryableError } from '../src/http/retry.js';
 
@@ -66,6 +67,65 @@ describe('backoff', () => {
     expect(isRetryable(Object.assign(new Error('reset'), { code: 'ECONNRESET' }))).toBe(true);
     expect(isRetryable(Object.assign(new Error('x'), { cause: { code: 'UND_ERR_SOCKET' } }))).toBe(true);
     expect(isRetryable(Object.assign(new Error('dns'), { code: 'ENOTFOUND' }))).toBe(false);
+  });
+});
+
+describe('rate limit pacing', () => {
+  const origin = 'http://127.0.0.1:1';
+  const limit = (remaining: number, reset: number | string) => ({ 'x-ratelimit-limit': '120', 'x-ratelimit-remaining': String(remaining), 'x-ratelimit-reset': String(reset) });
+  /** Whether `promise` has settled once pending timers up to now have run. */
+  const settled = async (promise: Promise<unknown>) => {
+    let done = false;
+    void promise.then(() => (done = true));
+    await vi.advanceTimersByTimeAsync(0);
+    return done;
+  };
+  afterEach(() => vi.useRealTimers());
+
+  it('lets the requests left in the window through, then waits for the reset (epoch seconds) once for all waiters', async () => {
+    vi.useFakeTimers({ now: Date.parse('2026-03-01T10:00:00.000Z') });
+    const waits: number[] = [];
+    const gate = new RateLimitGate(DEFAULT_RETRY.maxRetryAfterMs, (ms) => waits.push(ms));
+    gate.observe(origin, limit(2, Date.parse('2026-03-01T10:00:30Z') / 1000));
+    expect(await settled(gate.before(origin))).toBe(true);
+    expect(await settled(gate.before(origin))).toBe(true);
+    const third = gate.before(origin);
+    const fourth = gate.before(origin);
+    expect(await settled(third)).toBe(false);
+    await vi.advanceTimersByTimeAsync(29_999);
+    expect(await settled(fourth)).toBe(false);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(await settled(third)).toBe(true);
+    expect(await settled(fourth)).toBe(true);
+    expect(waits).toEqual([30_000]);
+    expect(gate.stats).toEqual({ waits: 1, waitedMs: 30_000 });
+    // Another origin was never limited.
+    expect(await settled(gate.before('http://127.0.0.1:2'))).toBe(true);
+  });
+
+  it('reads a small reset as seconds from now, and ignores absent, malformed, stale and implausible announcements', async () => {
+    vi.useFakeTimers({ now: Date.parse('2026-03-01T10:00:00.000Z') });
+    const gate = new RateLimitGate(60_000);
+    gate.observe(origin, limit(0, 5));
+    const waiting = gate.before(origin);
+    await vi.advanceTimersByTimeAsync(4_999);
+    expect(await settled(waiting)).toBe(false);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(await settled(waiting)).toBe(true);
+    for (const headers of [{}, { 'x-ratelimit-remaining': '0' }, limit(0, 'soon'), limit(0, 3600), limit(0, Date.now() / 1000 - 10)]) {
+      const fresh = new RateLimitGate(60_000);
+      fresh.observe(origin, headers);
+      expect(await settled(fresh.before(origin))).toBe(true);
+    }
+    // A response of the window before (its reset earlier than the one known) does not close the current one.
+    const now = Date.now() / 1000;
+    gate.observe(origin, limit(5, now + 20));
+    gate.observe(origin, limit(0, now + 10));
+    expect(await settled(gate.before(origin))).toBe(true);
+    // Within one window the lower count wins (responses may arrive out of order).
+    gate.observe(origin, limit(0, now + 20));
+    gate.observe(origin, limit(3, now + 20));
+    expect(await settled(gate.before(origin))).toBe(false);
   });
 });
 

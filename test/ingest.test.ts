@@ -206,7 +206,7 @@ print(payload.count('='))
   });
 
   it('keeps to a rate-limited server (429 with Retry-After) without losing a chunk', async () => {
-    const s = await server({ rateLimit: { requests: 3, windowMs: 1000 } });
+    const s = await server({ rateLimit: { requests: 3, windowMs: 1000, announce: false } });
     const r = await hx(['ingest', SAMPLE_FILES[2]!, '--base-url', s.base, '--tenant-id', 'rl', '--max-entries', '100'], { env });
     expect(r.code).toBe(0);
     expect(s.requests.some((q) => q.status === 429)).toBe(true);

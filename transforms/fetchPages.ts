@@ -150,13 +150,16 @@ export interface SearchStats {
 export interface FetchStage extends Record<string, unknown> {
   requests: number;
   retries: number;
+  /** Pauses for the server's announced rate limit, and their total length. */
+  rateLimitWaits: number;
+  rateLimitWaitSeconds: number;
   bytes: number;
   searches: Record<string, SearchStats>;
 }
 
 /** The run's `fetch` counters (`stages.fetch` in the report). */
 export function fetchStage(account: Account): FetchStage {
-  return account.stage<FetchStage>('fetch', () => ({ requests: 0, retries: 0, bytes: 0, searches: {} }));
+  return account.stage<FetchStage>('fetch', () => ({ requests: 0, retries: 0, rateLimitWaits: 0, rateLimitWaitSeconds: 0, bytes: 0, searches: {} }));
 }
 
 /** A Readable of Batches: the resources of every page of every search, in search order. */
@@ -249,6 +252,8 @@ class Fetcher {
     } finally {
       this.stage.requests = this.options.client.stats.requests;
       this.stage.retries = this.options.client.stats.retries;
+      this.stage.rateLimitWaits = this.options.client.rateLimit.stats.waits;
+      this.stage.rateLimitWaitSeconds = Math.round(this.options.client.rateLimit.stats.waitedMs / 100) / 10;
     }
   }
 

@@ -36,9 +36,12 @@ export class FileFetcher {
     const origin = new URL(url).origin;
     let current = url;
     for (let hop = 0; ; hop++) {
-      const sendAuth = new URL(current).origin === origin;
+      const currentOrigin = new URL(current).origin;
+      const sendAuth = currentOrigin === origin;
+      await this.client.rateLimit.before(currentOrigin, signal);
       this.client.stats.requests++;
       const res = await request(current, { dispatcher: this.agent, headers: { ...headers, ...(sendAuth ? auth : {}) }, signal });
+      this.client.rateLimit.observe(currentOrigin, res.headers);
       const location = header(res.headers['location']);
       if (res.statusCode >= 300 && res.statusCode < 400 && location) {
         res.body.resume();

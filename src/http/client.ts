@@ -1,8 +1,9 @@
 /**
  * The HTTP client every networked hx command shares (fetch now; Bulk export
  * and ingest later): undici with connect / first-byte / idle-body timeouts,
- * retries with backoff (see `retry.ts`), credentials sent only to one
- * origin, and messages with every secret masked.
+ * retries with backoff (see `retry.ts`), pacing to a server's announced
+ * rate limit (see `rateLimit.ts`), credentials sent only to one origin, and
+ * messages with every secret masked.
  *
  *     const client = new HttpClient({ trustedOrigin: base, credentials: () => ({ authorization: `Bearer ${t}` }) });
  *     const res = await client.fetch({ url, what: 'Patient page 1' });   // 2xx; the body is the caller's to read
@@ -15,6 +16,7 @@
 import type { Readable } from 'node:stream';
 import { Agent, request, type Dispatcher } from 'undici';
 import { HxError } from '../errors.js';
+import { RateLimitGate } from './rateLimit.js';
 import { Redactor } from './redact.js';
 import { DEFAULT_RETRY, RETRYABLE_STATUS, RetryableError, parseRetryAfter, retryDelay, sleep, type RetryPolicy } from './retry.js';
 
@@ -50,6 +52,8 @@ export interface HttpClientOptions {
   redactor?: Redactor;
   /** Told before each wait for a retry. */
   onRetry?: (notice: RetryNotice) => void;
+  /** Told when requests wait for the server's rate-limit window to reset (once per wait, however many requests wait). */
+  onRateLimit?: (waitMs: number) => void;
   /** Advice for a status that fails at once, by status; overrides the generic advice. */
   advice?: Partial<Record<number, string>>;
 }
@@ -99,6 +103,8 @@ export class HttpClient {
   readonly retryPolicy: RetryPolicy;
   /** Requests sent and retries made, for the run's account. */
   readonly stats = { requests: 0, retries: 0 };
+  /** Paces requests to the limit a server announces; shared with callers that make their own requests (bulk files). */
+  readonly rateLimit: RateLimitGate;
   private readonly agent: Agent;
   private readonly trustedOrigin: string | undefined;
 
@@ -111,6 +117,7 @@ export class HttpClient {
     });
     this.redactor = options.redactor ?? new Redactor();
     this.retryPolicy = { ...DEFAULT_RETRY, ...options.retry };
+    this.rateLimit = new RateLimitGate(this.retryPolicy.maxRetryAfterMs, options.onRateLimit);
     this.trustedOrigin = options.trustedOrigin === undefined ? undefined : new URL(options.trustedOrigin).origin;
   }
 
@@ -126,9 +133,11 @@ export class HttpClient {
   async attempt(req: HttpRequest): Promise<HttpResponse> {
     const url = new URL(req.url);
     const headers = { ...this.options.headers, ...req.headers, ...(this.isTrusted(url) ? this.options.credentials?.() : {}) };
+    await this.rateLimit.before(url.origin, req.signal);
     this.stats.requests++;
     // A network failure is thrown as is: `retryDelay` classifies it by its code.
     const res = await request(url, { dispatcher: this.agent, method: req.method ?? 'GET', headers, body: req.body, signal: req.signal });
+    this.rateLimit.observe(url.origin, res.headers);
     const response: HttpResponse = { status: res.statusCode, headers: res.headers, body: res.body, url: url.toString() };
     if (res.statusCode >= 200 && res.statusCode < 300) return response;
     const detail = await errorDetail(res.body);

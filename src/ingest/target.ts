@@ -5,6 +5,7 @@
  * registered with the client's redactor, so no message can print them.
  */
 import { HttpClient } from '../http/client.js';
+import { rateLimitNotice } from '../http/rateLimit.js';
 import { UsageError } from '../errors.js';
 import { StepUpTokens, checkTenant } from '../healthclaw/stepUp.js';
 import type { IngestMode } from '../../transforms/postIngest.js';
@@ -67,6 +68,7 @@ export function ingestClient(target: IngestTarget, onMessage: (text: string) => 
       return headers;
     },
     onRetry: (n) => onMessage(`${n.what}: ${n.reason}; retrying in ${Math.round(n.delayMs / 100) / 10} s (attempt ${n.attempt + 1})`),
+    onRateLimit: (ms) => onMessage(rateLimitNotice(ms)),
     advice: {
       401: 'the step-up token was refused: check --step-up-secret (the server\'s STEP_UP_SECRET) and the tenant',
       400: 'the server refused the Bundle',

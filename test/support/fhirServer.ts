@@ -9,6 +9,7 @@
  * - `GET /fhir/{Person|Patient}/{id}/$everything` with `_type`, `_since`,
  *   `_count` (offset `next` links), or one unpaged streamed Bundle.
  * - Tenant header and token checks (bearer, HealthClaw step-up tokens).
+ * - HealthClaw's rate limit, per tenant (`rateLimit`; see `rateLimit.ts`).
  * - Faults per request: a status (429 with Retry-After, 500, 503…), a reset
  *   before the headers or in the middle of a body, a stalled body, a body
  *   cut short but ended cleanly, 401 after N requests.
@@ -18,13 +19,14 @@
  * each instant), which makes every filter a contiguous range of i.
  *
  * Standalone (for benchmarks), after `tsc` has compiled it via an importer:
- *     node dist/test/support/fhirServer.js --types Patient=1000,Observation=200000 --pad 900 [--port 8080] [--paging offset]
+ *     node dist/test/support/fhirServer.js --types Patient=1000,Observation=200000 --pad 900 [--port 8080] [--paging offset] [--rate-limit 120/60]
  * prints the base URL and serves until killed.
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { pathToFileURL } from 'node:url';
+import { FixedWindowLimiter, parseRateLimit, type RateLimit } from './rateLimit.js';
 
 export type Paging = 'offset' | 'cursor' | 'healthclaw';
 
@@ -81,6 +83,8 @@ export interface FhirServerOptions {
   patientId?: string;
   /** Origin put in `next` links instead of this server's (a server that sends the client elsewhere). */
   nextOrigin?: string;
+  /** Requests allowed per window and tenant before 429 (HealthClaw: 120 per 60 s). */
+  rateLimit?: RateLimit;
   /** Port to listen on (ephemeral by default). */
   port?: number;
 }
@@ -149,6 +153,7 @@ export async function startFhirServer(options: FhirServerOptions): Promise<FhirS
   const maxCount = options.maxCount ?? (paging === 'healthclaw' ? 200 : 100_000);
   const defaultCount = options.defaultCount ?? 50;
   const faults = (options.faults ?? []).map((rule) => ({ ...rule, seen: 0, left: rule.times ?? 1 }));
+  const limiter = options.rateLimit && new FixedWindowLimiter(options.rateLimit);
   const requests: LoggedRequest[] = [];
   const maxInFlight = new Map<string, number>();
   const inFlight = new Map<string, number>();
@@ -186,6 +191,9 @@ export async function startFhirServer(options: FhirServerOptions): Promise<FhirS
     }
     const tenant = checkTenant(req, res);
     if (tenant === undefined) return;
+    const limit = limiter?.take(tenant);
+    if (limit) for (const [name, value] of Object.entries(limit.headers)) res.setHeader(name, value);
+    if (limit && !limit.allowed) return outcome(res, 429, 'throttled', 'Rate limit exceeded');
     if (!authorized(req, tenant)) return outcome(res, 401, 'login', 'Authentication required');
     if (options.unauthorizedAfter !== undefined && n > options.unauthorizedAfter) return outcome(res, 401, 'login', 'Token expired');
     const types = options.tenants[tenant] ?? {};
@@ -466,7 +474,7 @@ export function verifyStepUpToken(token: string, secret: string, tenant: string,
   return typeof claims.exp === 'number' && claims.exp * 1000 > now && claims.tid === tenant;
 }
 
-/** `node fhirServer.js --types Patient=1000,Observation=200000 --pad 900 --port 0 --paging offset --tenant default` */
+/** `node fhirServer.js --types Patient=1000,Observation=200000 --pad 900 --port 0 --paging offset --tenant default [--rate-limit 120/60]` */
 async function main(argv: string[]): Promise<void> {
   const arg = (name: string, fallback: string) => {
     const at = argv.indexOf(`--${name}`);
@@ -483,6 +491,7 @@ async function main(argv: string[]): Promise<void> {
     padBytes: Number(arg('pad', '0')),
     maxCount: Number(arg('max-count', '100000')),
     port: Number(arg('port', '0')),
+    rateLimit: argv.includes('--rate-limit') ? parseRateLimit(arg('rate-limit', '')) : undefined,
   });
   process.stdout.write(`${server.base}\n`);
 }

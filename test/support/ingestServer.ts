@@ -28,6 +28,7 @@ import { createHash, createHmac, randomUUID, timingSafeEqual } from 'node:crypto
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { pathToFileURL } from 'node:url';
+import { FixedWindowLimiter, type RateLimit } from './rateLimit.js';
 
 export const MAX_BODY_BYTES = 16 * 1024 * 1024;
 const TENANT = /^[a-zA-Z0-9_-]{1,64}$/;
@@ -66,8 +67,8 @@ export interface IngestServerOptions {
   faults?: IngestFaultRule[];
   /** Answer 413 to any Bundle with more entries than this (to test splitting without 16 MiB bodies). */
   maxEntries?: number;
-  /** Requests allowed per window before 429 (HealthClaw: 120 per 60 s). */
-  rateLimit?: { requests: number; windowMs: number };
+  /** Requests allowed per window and tenant before 429 (HealthClaw: 120 per 60 s). */
+  rateLimit?: RateLimit;
   /** Milliseconds each ingest takes before it answers. */
   latencyMs?: number;
   /** Files served at `{origin}/download/{name}`; `downloadAuth` is the Authorization they require. */
@@ -121,7 +122,7 @@ export function ingestRoutes(options: IngestServerOptions = {}, basePath = '/r6/
   const faults = (options.faults ?? []).map((rule) => ({ ...rule, seen: 0, left: rule.times ?? 1 }));
   const tenants = new Map<string, Map<string, Record<string, unknown>>>();
   const upsertCounts = new Map<string, number>();
-  const window: number[] = [];
+  const limiter = options.rateLimit && new FixedWindowLimiter(options.rateLimit);
   let inFlight = 0;
   const routes: IngestRoutes = {
     requests: [],
@@ -162,9 +163,11 @@ export function ingestRoutes(options: IngestServerOptions = {}, basePath = '/r6/
   };
 
   async function answer(req: IncomingMessage, res: ServerResponse, url: URL, logged: IngestRequest, ingest: boolean): Promise<void> {
-    if (options.rateLimit && limited(options.rateLimit)) {
+    const limit = limiter?.take(String(req.headers['x-tenant-id']));
+    if (limit) for (const [name, value] of Object.entries(limit.headers)) res.setHeader(name, value);
+    if (limit && !limit.allowed) {
       await drain(req);
-      return outcome(res, 429, 'throttled', 'Rate limit exceeded', { 'retry-after': '1' });
+      return outcome(res, 429, 'throttled', 'Rate limit exceeded');
     }
     const declared = Number(req.headers['content-length'] ?? NaN);
     if (declared > maxBody) {
@@ -263,14 +266,6 @@ export function ingestRoutes(options: IngestServerOptions = {}, basePath = '/r6/
       return rule.fault;
     }
     return undefined;
-  }
-
-  function limited(limit: { requests: number; windowMs: number }): boolean {
-    const now = Date.now();
-    while (window.length && window[0]! <= now - limit.windowMs) window.shift();
-    if (window.length >= limit.requests) return true;
-    window.push(now);
-    return false;
   }
 
   return routes;

@@ -2,6 +2,7 @@ import { writeFileSync } from 'node:fs';
 import type { Argv, CommandModule } from 'yargs';
 import { HxError, UsageError } from '../../errors.js';
 import { HttpClient } from '../../http/client.js';
+import { rateLimitNotice } from '../../http/rateLimit.js';
 import { Redactor } from '../../http/redact.js';
 import { BulkAccount } from '../../bulk/account.js';
 import { SmartAuth, bearerAuth, loadSigningKey, noAuth, type Auth } from '../../bulk/auth.js';
@@ -207,6 +208,7 @@ async function connect(argv: ConnectionArgs, origin: string | undefined, log?: (
     retry: { retries: argv.retries, baseMs: argv['retry-base-ms'] },
     headers: { 'user-agent': 'hx-bulk' },
     onRetry: log ? (n) => log(`${n.reason}; retry ${n.attempt} in ${(n.delayMs / 1000).toFixed(1)} s`) : undefined,
+    onRateLimit: log ? (ms) => log(rateLimitNotice(ms)) : undefined,
   });
   if (bearer) auth = bearerAuth(bearer, redactor);
   else if (argv['client-id']) {

@@ -4,6 +4,7 @@ import type { Account } from '../../account.js';
 import { UsageError } from '../../errors.js';
 import { StepUpTokens, checkTenant } from '../../healthclaw/stepUp.js';
 import { HttpClient } from '../../http/client.js';
+import { rateLimitNotice } from '../../http/rateLimit.js';
 import { Redactor } from '../../http/redact.js';
 import { countingSink } from '../../io/countingSink.js';
 import { createDeidentifier, deidentifyStage } from '../../../transforms/deidentify.js';
@@ -88,6 +89,7 @@ export const exportHealthexCommand: CommandModule<object, ExportArgs> = {
       redactor,
       advice: { 401: 'the server requires a read token for this tenant: pass --step-up-secret or set STEP_UP_SECRET' },
       onRetry: (n) => process.stderr.write(`hx: ${n.what}: ${n.reason}; retrying in ${Math.round(n.delayMs / 100) / 10} s\n`),
+      onRateLimit: (ms) => process.stderr.write(`hx: ${rateLimitNotice(ms)}\n`),
     });
     const deidentifier = argv.deidentify ? createDeidentifier({ profile: 'export', key: process.env[KEY_ENV] || undefined, keySource: 'env' }) : undefined;
     let account: Account;

@@ -3,6 +3,7 @@ import type { CommandModule } from 'yargs';
 import { UsageError } from '../../errors.js';
 import { checkTenant, StepUpTokens } from '../../healthclaw/stepUp.js';
 import { HttpClient, type RetryNotice } from '../../http/client.js';
+import { rateLimitNotice } from '../../http/rateLimit.js';
 import { Redactor } from '../../http/redact.js';
 import {
   EXPORT_TYPES,
@@ -102,6 +103,7 @@ export const fetchCommand: CommandModule<object, FetchArgs> = {
       redactor,
       advice: ADVICE,
       onRetry: (notice) => process.stderr.write(`hx: ${retryLine(notice, argv.retries)}\n`),
+      onRateLimit: (ms) => process.stderr.write(`hx: ${rateLimitNotice(ms)}\n`),
     });
     try {
       const account = await runRecords({
