@@ -271,6 +271,24 @@ export interface PretagStats extends Record<string, unknown> {
   spoolBytes: number;
 }
 
+/** The counters per-record tagging adds to, as a worker thread sends them (a structured clone). */
+export type PretagCounts = Pick<PretagStats, 'examined' | 'observations' | 'smokingObservations' | 'resourcesTagged' | 'tagsAdded'>;
+
+/** The counts since the last call, and zero in `stats`. */
+export function takePretagCounts(stats: PretagStats): PretagCounts {
+  const { examined, observations, smokingObservations, resourcesTagged, tagsAdded } = stats;
+  Object.assign(stats, { examined: 0, observations: 0, smokingObservations: 0, resourcesTagged: 0, tagsAdded: newPretagStats(stats.mode).tagsAdded });
+  return { examined, observations, smokingObservations, resourcesTagged, tagsAdded };
+}
+
+export function addPretagCounts(into: PretagStats, from: PretagCounts): void {
+  into.examined += from.examined;
+  into.observations += from.observations;
+  into.smokingObservations += from.smokingObservations;
+  into.resourcesTagged += from.resourcesTagged;
+  for (const code of PRETAG_CODES) into.tagsAdded[code] += from.tagsAdded[code];
+}
+
 const SPOOL_BATCH = 512;
 
 /** The account section of a pretag run, all counters at zero. */

@@ -4,7 +4,7 @@
  * builds the same cores for the Batches it transforms itself.
  */
 import { createDeidentifier, type DeidentifyOptions } from '../../transforms/deidentify.js';
-import { newPretagStats, subjectReference, Tagger, type PretagCode, type PretagStats } from '../../transforms/pretag.js';
+import { newPretagStats, subjectReference, Tagger, takePretagCounts, type PretagCode } from '../../transforms/pretag.js';
 import { EntryEncoder, type EntryOptions } from '../../transforms/toTransactionBundle.js';
 import { CONTRADICTORY, PatientStates } from '../pretag/patientStates.js';
 import type { RecordCore, StageContext } from '../stage.js';
@@ -30,8 +30,8 @@ export interface JobCore {
   map?: (batch: Batch, ctx: StageContext) => Batch;
   /** Encodes each batch as Bundle entries instead of NDJSON. */
   encoder?: EntryEncoder;
-  /** Counters to add to the run's stage stats since the last call (then zeroed). */
-  takeCounters?: () => Record<string, number>;
+  /** Counters to add to the run's stage stats since the last call (then zeroed); structured-cloneable. */
+  takeCounters?: () => unknown;
   /** The job's report when the run ends (deid's DeidReport). */
   report?: () => unknown;
 }
@@ -51,9 +51,6 @@ export function buildJob(job: WorkerJob): JobCore {
   }
 }
 
-/** The counters of `PretagStats` that per-record tagging adds to. */
-export const PRETAG_COUNTERS = ['examined', 'observations', 'smokingObservations', 'resourcesTagged', 'smoking_contradiction', 'h_flag_titer', 'missing_result'] as const;
-
 /** `pretagStage`'s Tagger, on settled patient states (or none: the smoking-status Observations are held). */
 function pretagJob(rules: PretagCode[], cloned: PatientStates | undefined): JobCore {
   // A structured clone keeps the table's typed arrays, not its class.
@@ -63,11 +60,6 @@ function pretagJob(rules: PretagCode[], cloned: PatientStates | undefined): JobC
   const tagger = new Tagger(new Set(rules), stats);
   return {
     map: (batch, ctx) => tagger.batch(batch, contradictory, ctx.rejects),
-    takeCounters: () => {
-      const counters: Record<string, number> = { ...stats.tagsAdded };
-      for (const name of PRETAG_COUNTERS) if (!(name in counters)) counters[name] = stats[name as keyof PretagStats] as number;
-      Object.assign(stats, newPretagStats('per-record'));
-      return counters;
-    },
+    takeCounters: () => takePretagCounts(stats),
   };
 }

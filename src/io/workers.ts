@@ -68,7 +68,7 @@ export interface BatchResult {
   dropped: [string, number][];
   written: [string, number][];
   /** Each job's stage counters for this batch (pretag's). */
-  counters: (Record<string, number> | undefined)[];
+  counters: unknown[];
 }
 
 /** What one stage of a run does when its records are parsed in worker threads. */
@@ -78,7 +78,7 @@ export interface ParallelStage {
   /** The same work on this thread: for Batches the reader parsed (Bundle documents) and those a stage releases. */
   local: (batch: Batch) => Batch | Promise<Batch>;
   /** Given each batch's counters from this stage's job, in order. */
-  addCounters?: (counters: Record<string, number>) => void;
+  addCounters?: (counters: unknown) => void;
   /** Given each worker's report of this stage's job (e.g. its DeidReport) when the run ends. */
   mergeReport?: (report: unknown) => void;
   /** Records the job held back, in input order (pretag's smoking-status Observations). */

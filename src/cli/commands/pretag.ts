@@ -2,6 +2,7 @@ import { statSync } from 'node:fs';
 import type { Readable, Transform } from 'node:stream';
 import type { ArgumentsCamelCase, CommandModule } from 'yargs';
 import {
+  addPretagCounts,
   mayBeSmokingStatus,
   SMOKING_NEEDLES,
   newPretagStats,
@@ -11,6 +12,7 @@ import {
   settlePatients,
   SmokingSpool,
   warnIfPassesDiffer,
+  type PretagCounts,
   type PretagStats,
   type PretagCode,
   type PretagRules,
@@ -23,7 +25,7 @@ import { PatientStates } from '../../pretag/patientStates.js';
 import type { StageContext } from '../../stage.js';
 import type { Batch } from '../../types.js';
 import { checkWorkers, type ParallelStage } from '../../io/workers.js';
-import { buildJob, PRETAG_COUNTERS, type JobCore } from '../../io/workerJobs.js';
+import { buildJob, type JobCore } from '../../io/workerJobs.js';
 import { withInputOptions, withOutputOptions, withWorkersOption, type InputArgs, type OutputArgs } from '../common.js';
 import { inWorkers, runPlan, type StageCommand, type StagePlan } from '../pipeline.js';
 
@@ -130,12 +132,7 @@ function pretagInWorkers(rules: PretagRules, rescan: (() => Readable) | undefine
   const mode = !rules.has('smoking_contradiction') ? 'per-record' : rescan ? 'two-pass' : 'spool';
   // The stats `pretagStage` keeps, filled from the workers' counters and this thread's.
   const stats = ctx.account.stage<PretagStats>('pretag', () => newPretagStats(mode));
-  const add = (counters: Record<string, number>) => {
-    for (const name of PRETAG_COUNTERS) {
-      if (name in stats.tagsAdded) stats.tagsAdded[name as PretagCode] += counters[name]!;
-      else (stats as Record<string, number>)[name]! += counters[name]!;
-    }
-  };
+  const add = (counts: unknown) => addPretagCounts(stats, counts as PretagCounts);
   let expected = 0;
   let here: JobCore | undefined;
   let spool: SmokingSpool | undefined;
