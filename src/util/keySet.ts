@@ -140,6 +140,7 @@ export class KeySet {
     }
     this.tables[segment] = table;
     this.tableBytes += table.byteLength - old.byteLength;
+    release(old);
   }
 
   /**
@@ -172,6 +173,18 @@ export class KeySet {
     // (0, 0) marks an empty slot; moving that one hash costs nothing measurable.
     this.lo = h1 >>> 0 || (this.hi === 0 ? 1 : 0);
   }
+}
+
+/**
+ * Frees a table that has been replaced, soon. A long-lived table was promoted
+ * to V8's old generation, whose garbage waits for a full collection; a set
+ * that grows often (each segment by a quarter) would leave several times its
+ * own size of such tables behind (`hx bundle` on 1 GB: 127 MB peak RSS
+ * against 84 without its set). Transferring the memory to a fresh, unreferenced
+ * buffer makes it young garbage, which the next young collection frees.
+ */
+function release(table: Uint32Array): void {
+  structuredClone(table.buffer, { transfer: [table.buffer] });
 }
 
 /**
