@@ -147,11 +147,11 @@ describe('hx fetch: a HealthClaw-style server (no next links)', () => {
   });
 
   it('keeps to the rate limit the server announces: waits for its window instead of drawing a 429', async () => {
-    const server = await serve(healthclaw({ maxCount: 50, rateLimit: { requests: 4, windowMs: 1000 }, tenants: { 'ev-personal': { Patient: 1, Observation: 300 } } }));
+    const server = await serve(healthclaw({ maxCount: 50, rateLimit: { requests: 4, windowMs: 1000 }, tenants: { 'ev-personal': { Patient: 1, Observation: 500 } } }));
     const dir = tempDir();
     const r = await hx(['fetch', '--base-url', server.base, '--tenant-id', 'ev-personal', '--types', 'Patient', 'Observation', '--report', join(dir, 'report.json')], { env });
     expect(r.code).toBe(0);
-    expect(new Set(ids(r.stdout)).size).toBe(301);
+    expect(new Set(ids(r.stdout)).size).toBe(501);
     // More requests (one Patient page, Observation pages of 50) than two windows of 4 allow: waits, and no 429.
     expect(server.requests.length).toBeGreaterThan(8);
     expect(server.requests.map((q) => q.status)).toEqual(Array(server.requests.length).fill(200));
