@@ -91,6 +91,11 @@ describe('rate limit pacing', () => {
     expect(await settled(gate.before(origin))).toBe(true);
     const third = gate.before(origin);
     const fourth = gate.before(origin);
+    // A waiter whose run is stopped leaves at once; the others keep waiting.
+    const controller = new AbortController();
+    const stopped = gate.before(origin, controller.signal);
+    controller.abort(new Error('stopped'));
+    await expect(stopped).rejects.toThrow('stopped');
     expect(await settled(third)).toBe(false);
     await vi.advanceTimersByTimeAsync(29_999);
     expect(await settled(fourth)).toBe(false);

@@ -27,8 +27,8 @@ export class RateLimitGate {
   /** Waits made and their total length, for the account. */
   readonly stats = { waits: 0, waitedMs: 0 };
   private readonly windows = new Map<string, Window>();
-  /** The window each wait under way is for: concurrent requests share one wait (and one notice). */
-  private readonly waiting = new Map<string, Promise<void>>();
+  /** The reset last announced per origin: requests waiting for the same reset make one notice. */
+  private readonly announced = new Map<string, number>();
 
   constructor(
     private readonly maxWaitMs: number,
@@ -49,17 +49,14 @@ export class RateLimitGate {
         window.left--;
         return;
       }
-      let wait = this.waiting.get(origin);
-      if (!wait) {
-        const ms = window.resetAt - now;
+      const ms = window.resetAt - now;
+      if (this.announced.get(origin) !== window.resetAt) {
+        this.announced.set(origin, window.resetAt);
         this.stats.waits++;
         this.stats.waitedMs += ms;
         this.onWait?.(ms, origin);
-        wait = sleep(ms, signal).finally(() => this.waiting.delete(origin));
-        this.waiting.set(origin, wait);
       }
-      await wait;
-      signal?.throwIfAborted();
+      await sleep(ms, signal);
     }
   }
 
