@@ -4,7 +4,7 @@
  *
  *   npm run bench:network                # fetch: 200 MB tenant; bulk: 1 GB export; export-healthex: 200 MB
  *                                        # and 2 GB tenants, and 200 MB at HealthClaw's rate limit (about
- *                                        # 9 minutes: 1,011 requests at 120 a minute); ingest: 1 GB
+ *                                        # 8 minutes: a thousand requests at 120 a minute); ingest: 1 GB
  *   npm run bench:network -- --scale 0.1 # a tenth of each, for a quick look
  *   npm run bench:network -- --no-rate-limit  # without the rate-limited export
  *
