@@ -133,7 +133,8 @@ describe('per-record cores', () => {
   it('spliceTags says in text what addTags does to the object, for a resource without extensions', () => {
     const text = '{"resourceType":"Observation","id":"o1", "status":"final","valueString":"High"}';
     const codes = ['smoking_contradiction', 'h_flag_titer'] as const;
-    const spliced = spliceTags(text, codes);
+    const spliced = String(spliceTags(text, codes));
+    expect(spliceTags(text, codes).tail).toBe(spliceTags('{"id":"other"}', codes).tail); // encoded once
     expect(spliced.startsWith(text.slice(0, -1) + ',"extension":[')).toBe(true);
     expect(JSON.parse(spliced)).toEqual(addTags(JSON.parse(text), [...codes]));
     expect(JSON.stringify(JSON.parse(spliced))).toBe(JSON.stringify(addTags(JSON.parse(text), [...codes])));

@@ -3,36 +3,11 @@ import { buffer } from 'node:stream/consumers';
 import { pipeline } from 'node:stream/promises';
 import { describe, expect, it } from 'vitest';
 import { Account } from '../src/account.js';
-import { ndjsonBytes, ndjsonSerialize, Utf8Builder } from '../src/io/serialize.js';
-import type { Resource } from '../src/types.js';
+import { ndjsonBytes, ndjsonSerialize } from '../src/io/serialize.js';
+import { EncodedText, SplicedText, type RecordText, type Resource } from '../src/types.js';
 
 // ASCII, Latin-1, above Latin-1 (the pre-tag em dash, Greek), astral (a surrogate pair), a lone surrogate.
 const TEXTS = ['{"a":1}', 'Müller é', 'tagged \u2014 review', 'Σωκράτης', 'emoji \u{1F600}', 'lone \ud800 half', '', 'plain'];
-
-describe('Utf8Builder', () => {
-  it('encodes any mix of one-byte and two-byte strings exactly as Buffer.from of their concatenation', () => {
-    for (let start = 0; start < TEXTS.length; start++) {
-      const texts = [...TEXTS.slice(start), ...TEXTS.slice(0, start)];
-      const builder = new Utf8Builder();
-      for (const [i, text] of texts.entries()) {
-        if (i % 2 === 0) builder.add(text);
-        else builder.addLine(text);
-      }
-      const expected = texts.map((t, i) => (i % 2 === 0 ? t : t + '\n')).join('');
-      expect(builder.take().equals(Buffer.from(expected, 'utf8'))).toBe(true);
-    }
-  });
-
-  it('starts empty again after take', () => {
-    const builder = new Utf8Builder();
-    expect(builder.empty).toBe(true);
-    builder.add('x \u2014');
-    expect(builder.empty).toBe(false);
-    expect(builder.take().toString()).toBe('x \u2014');
-    expect(builder.empty).toBe(true);
-    expect(builder.take().length).toBe(0);
-  });
-});
 
 describe('ndjsonSerialize', () => {
   const resources: Resource[] = TEXTS.map((text, i) => ({ resourceType: i % 2 ? 'Patient' : 'Observation', id: `r${i}`, text }));
@@ -43,6 +18,17 @@ describe('ndjsonSerialize', () => {
     expect(bytes.toString('utf8')).toBe(resources.map((r) => JSON.stringify(r) + '\n').join(''));
     expect(account.written).toBe(TEXTS.length);
     expect(Object.fromEntries(account.writtenByType)).toEqual({ Observation: 4, Patient: 4 });
+  });
+
+  it('writes the texts it is given as they are, spliced ones as head then tail, and serialises where there is none', () => {
+    const tail = new EncodedText(' \u2014 tail');
+    for (let start = 0; start < TEXTS.length; start++) {
+      const rotated = [...TEXTS.slice(start), ...TEXTS.slice(0, start)];
+      // Every third text none (serialised), every third spliced, the rest strings.
+      const texts: (RecordText | undefined)[] = rotated.map((text, i) => (i % 3 === 0 ? undefined : i % 3 === 1 ? new SplicedText(text, tail) : text));
+      const expected = texts.map((text, i) => (text === undefined ? JSON.stringify(resources[i]) : String(text)) + '\n').join('');
+      expect(ndjsonBytes(resources, new Account(), texts).equals(Buffer.from(expected, 'utf8'))).toBe(true);
+    }
   });
 
   it('gives the same bytes whatever the batching', async () => {

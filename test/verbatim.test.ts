@@ -111,6 +111,20 @@ describe('resources written as they were read', () => {
     expect(text).toContain(`"resource":${roundTrip(idless)},"request":{"method":"POST","url":"Basic"}}`);
   });
 
+  it('hx run "pretag | bundle" puts tagged lines in their entries as the pipe does, spliced tags and all', async () => {
+    const path = input([PATIENT, UNTAGGED, TAGGED, EXTENDED]);
+    const tagged = (await hx(['pretag', path])).stdout;
+    for (const options of ['', ' --workers 2', ' --pretty', ' --type collection --full-url http://x/fhir']) {
+      const bundle = options.replace(' --workers 2', '');
+      const pipe = await hx(['bundle', ...bundle.split(' ').filter(Boolean)], { stdin: tagged });
+      const run = await hx(['run', `pretag | bundle${bundle}`, path, ...(options === bundle ? [] : ['--workers', '2'])]);
+      expect(run.stderr).toBe('');
+      expect(run.stdout.toString()).toBe(pipe.stdout.toString());
+      if (options === '') expect(pipe.stdout.toString()).toContain(`{"resource":${TAGGED.slice(0, -1)},"extension":[${MISSING_RESULT_TAG}]},"request":`);
+      if (options.includes('full-url')) expect(pipe.stdout.toString()).toContain(`{"fullUrl":"http://x/fhir/Observation/o2","resource":${TAGGED.slice(0, -1)},`);
+    }
+  });
+
   it('hx deid serialises every resource it writes, changed or not', async () => {
     // JSON.parse keeps the second subject only; the line's first one names the patient.
     const repeated = '{"resourceType":"Observation","id":"o9","subject":{"reference":"Patient/p1","display":"Lin, Derrick"},"subject":{"reference":"Patient/p1"}}';

@@ -27,7 +27,7 @@ import { CONTRADICTORY, EVER, NEVER, PatientStates } from '../src/pretag/patient
 import { Spool } from '../src/pretag/spool.js';
 import type { Rejects } from '../src/rejects.js';
 import type { RecordCore, StageContext } from '../src/stage.js';
-import type { Batch, Location, Resource } from '../src/types.js';
+import { EncodedText, SplicedText, type Batch, type Location, type RecordText, type Resource } from '../src/types.js';
 
 export const PRETAG_URL = 'https://healthclaw.example.org/fhir/StructureDefinition/curatr-pretag';
 
@@ -175,13 +175,18 @@ function withTags(resource: Resource, codes: readonly PretagCode[]): Resource {
  * ends with its closing brace, and holds a member before it (every
  * Observation has its `resourceType`).
  */
-export function spliceTags(text: string, codes: readonly PretagCode[]): string {
-  let members = '';
-  for (const code of codes) members += (members ? ',' : '') + PRETAG_JSON[code];
-  return `${text.slice(0, -1)},"extension":[${members}]}`;
+export function spliceTags(text: string, codes: readonly PretagCode[]): SplicedText {
+  const key = codes.join();
+  let tail = TAG_TAILS.get(key);
+  if (!tail) {
+    tail = new EncodedText(`,"extension":[${codes.map((code) => JSON.stringify(pretagExtension(code))).join()}]}`);
+    TAG_TAILS.set(key, tail);
+  }
+  return new SplicedText(text.slice(0, -1), tail);
 }
 
-const PRETAG_JSON = Object.fromEntries(PRETAG_CODES.map((code) => [code, JSON.stringify(pretagExtension(code))])) as Record<PretagCode, string>;
+/** The end of a tagged text, per list of codes, encoded once (at most 7 lists). */
+const TAG_TAILS = new Map<string, EncodedText>();
 
 /**
  * `withTags` in place, for the stream stage only: a stage owns the resources
@@ -373,7 +378,7 @@ export function holdSmoking(batch: Batch): { rest: Batch; held: HeldRecord[] } {
       continue;
     }
     rest ??= { source, lines: lines.slice(0, i), resources: resources.slice(0, i), ...(texts ? { texts: texts.slice(0, i) } : {}) };
-    held.push({ line: lines[i]!, status, subject: subjectReference(resource), text: texts?.[i] ?? JSON.stringify(resource) });
+    held.push({ line: lines[i]!, status, subject: subjectReference(resource), text: String(texts?.[i] ?? JSON.stringify(resource)) });
   }
   return { rest: rest ?? batch, held };
 }
@@ -506,7 +511,7 @@ export class Tagger {
     this.stats.examined += resources.length;
     const out: Resource[] = [];
     const outLines: number[] = [];
-    const outTexts: (string | undefined)[] | undefined = texts && [];
+    const outTexts: (RecordText | undefined)[] | undefined = texts && [];
     for (let i = 0; i < resources.length; i++) {
       const resource = resources[i]!;
       let text = texts?.[i];
@@ -514,7 +519,7 @@ export class Tagger {
         const hadExtension = resource.extension !== undefined;
         const added = this.observation(resource, { source, line: lines[i]! }, contradictory, rejects);
         if (added === undefined) continue;
-        if (added.length > 0 && text !== undefined) text = hadExtension ? undefined : spliceTags(text, added);
+        if (added.length > 0 && text !== undefined) text = hadExtension || typeof text !== 'string' ? undefined : spliceTags(text, added);
       }
       out.push(resource);
       outLines.push(lines[i]!);

@@ -30,8 +30,9 @@ import { Transform, Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { HxError, RecordRejected } from '../src/errors.js';
 import type { StageContext } from '../src/stage.js';
-import type { Batch, Resource } from '../src/types.js';
+import type { Batch, Resource, SplicedText } from '../src/types.js';
 import { ByteBuilder } from '../src/io/byteBuilder.js';
+import { appendText } from '../src/io/serialize.js';
 import { KeySet } from '../src/util/keySet.js';
 
 export type BundleType = 'transaction' | 'batch' | 'collection';
@@ -187,12 +188,24 @@ export class BundleFormat {
     let entry = this.open;
     if (url === undefined) entry += this.fullUrlKey + 'urn:uuid:' + uuid(compact) + this.fullUrlEnd;
     else if (this.basePrefix !== undefined) entry += this.basePrefix + url + this.fullUrlEnd;
-    entry += this.resourceKey + json;
-    if (this.withRequest) {
-      entry += url === undefined ? this.postRequest + resource.resourceType : this.putRequest + url;
-      entry += this.requestEnd;
-    }
-    return entry + this.close;
+    return entry + this.resourceKey + json + this.entryEnd(resource, url);
+  }
+
+  /**
+   * As `entryText` for a resource with an id, appended to `out` with `text`
+   * (its compact JSON as read, here spliced) in place of a string; returns
+   * the bytes it took.
+   */
+  appendEntry(out: ByteBuilder, resource: Resource, url: string, text: SplicedText): number {
+    if (this.pretty) return out.append(this.entryText(resource, url, () => '', String(text)));
+    const start = this.open + (this.basePrefix === undefined ? '' : this.basePrefix + url + this.fullUrlEnd) + this.resourceKey;
+    return out.append(start) + appendText(out, text) + out.append(this.entryEnd(resource, url));
+  }
+
+  /** What follows the resource in its entry. */
+  private entryEnd(resource: Resource, url: string | undefined): string {
+    if (!this.withRequest) return this.close;
+    return (url === undefined ? this.postRequest + resource.resourceType : this.putRequest + url) + this.requestEnd + this.close;
   }
 
   /** Bytes from the start of an entry without an id to its UUID (all ASCII before it). */
@@ -279,7 +292,10 @@ export class EntryEncoder {
       out.append(this.separator);
       // A resource without an id is named by a hash of its serialised form, never of its input text.
       const text = url === undefined ? undefined : texts?.[i];
-      const bytes = out.append(this.format.entryText(resource, url, this.placeholder, text));
+      const bytes =
+        typeof text === 'object'
+          ? this.format.appendEntry(out, resource, url!, text)
+          : out.append(this.format.entryText(resource, url, this.placeholder, text));
       if (this.frameBytes + bytes > this.maxBytes) {
         out.truncate(start);
         const size = `${url ?? resource.resourceType}: ${this.frameBytes + bytes} bytes in a Bundle of its own, budget ${this.maxBytes}`;

@@ -51,11 +51,15 @@ export class ByteBuilder {
     return bytes;
   }
 
-  /** A copy of the bytes written, exactly their size; the buffer is kept for what comes next. */
+  /**
+   * A copy of the bytes written, exactly their size; the buffer is kept for
+   * what comes next, unless one enormous piece grew it past KEEP_BYTES.
+   */
   copy(): Buffer {
     const bytes = Buffer.allocUnsafe(this.used);
     this.buf.copy(bytes, 0, 0, this.used);
     this.used = 0;
+    if (this.buf.length > KEEP_BYTES) this.buf = Buffer.allocUnsafe(0);
     return bytes;
   }
 
@@ -69,3 +73,6 @@ export class ByteBuilder {
     this.buf = grown;
   }
 }
+
+/** The largest buffer `copy` keeps for reuse: a batch's worth, not a 64 MiB line's. */
+const KEEP_BYTES = 16 << 20;

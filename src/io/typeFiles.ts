@@ -5,7 +5,8 @@ import { Writable } from 'node:stream';
 import { createGzip, type Gzip } from 'node:zlib';
 import type { Account } from '../account.js';
 import type { Batch } from '../types.js';
-import { Utf8Builder } from './serialize.js';
+import { ByteBuilder } from './byteBuilder.js';
+import { appendText } from './serialize.js';
 
 export interface TypeFilesOptions {
   dir: string;
@@ -60,19 +61,20 @@ export class TypeFiles extends Writable {
   }
 
   private async writeBatch(batch: Batch): Promise<void> {
-    const byType = new Map<string, Utf8Builder>();
+    const byType = new Map<string, ByteBuilder>();
     const { resources, texts } = batch;
     for (let i = 0; i < resources.length; i++) {
       const resource = resources[i]!;
       const type = resource.resourceType;
-      let text = byType.get(type);
-      if (!text) byType.set(type, (text = new Utf8Builder()));
-      text.addLine(texts?.[i] ?? JSON.stringify(resource));
+      let lines = byType.get(type);
+      if (!lines) byType.set(type, (lines = new ByteBuilder()));
+      appendText(lines, texts?.[i] ?? JSON.stringify(resource));
+      lines.append('\n');
       this.options.account.countWritten(type);
     }
-    for (const [type, text] of byType) {
+    for (const [type, lines] of byType) {
       const { head } = await this.handle(type);
-      if (!head.write(text.take())) await once(head, 'drain');
+      if (!head.write(lines.take())) await once(head, 'drain');
     }
   }
 
