@@ -19,7 +19,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { writeCorpus } from './generate.js';
+import { requireNullDevice } from './nullDevice.js';
 
+requireNullDevice();
 const scale = Number(process.argv[process.argv.indexOf('--scale') + 1] || 1) || 1;
 const RUNS = 3;
 const RATE_LIMITED = !process.argv.includes('--no-rate-limit');

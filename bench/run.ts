@@ -17,6 +17,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { generateAll } from './generate.js';
+import { requireNullDevice } from './nullDevice.js';
 
 interface Row {
   name: string;
@@ -106,6 +107,7 @@ function best(row: Row, runs: number, env: NodeJS.ProcessEnv, inputBytes: number
   return fastest && { ...fastest, peakKb };
 }
 
+requireNullDevice();
 const mb = Number(arg('mb', '1000'));
 const runs = Math.max(1, Number(arg('runs', '1')));
 const only = arg('only', '').split(',').filter(Boolean);
