@@ -296,14 +296,21 @@ class NdjsonSplit extends Transform {
       this.linesWithNeedles(chunk, start, last + 1);
       this.appendCarry(chunk.subarray(last + 1));
     } else {
-      let text: string;
+      let carried = '';
       if (this.carryBytes > 0 || this.overlong) {
-        this.appendCarry(chunk.subarray(from, last + 1));
-        text = this.takeCarry();
-      } else {
-        text = chunk.toString('utf8', from, last + 1);
+        // Only the line under way is joined to the carry (joining the whole chunk copied every byte once more).
+        const start = chunk.indexOf(0x0a, from) + 1;
+        this.appendCarry(chunk.subarray(from, start));
+        carried = this.takeCarry();
+        from = start;
       }
-      this.linesOrRaw(text);
+      const rest = chunk.toString('utf8', from, last + 1);
+      if (this.options.rawLines) {
+        this.linesOrRaw(carried + rest);
+      } else {
+        this.lines(carried);
+        this.lines(rest);
+      }
       this.appendCarry(chunk.subarray(last + 1));
     }
     if (!ended) return;
