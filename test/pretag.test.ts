@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -176,6 +177,14 @@ describe('PatientStates', () => {
     expect(states.get('')).toBe(0);
     expect(states.count(3)).toBe([...Array(5000).keys()].filter((i) => i % 2 === 0 && i % 3 !== 0).length);
     expect(states.bytes).toBeLessThanOrEqual(5000 * 36);
+  });
+
+  it('gives 300,000 references of three shapes a place each (a shared key would merge two patients)', () => {
+    const states = new PatientStates();
+    const shapes = [(i: number) => `Patient/${i}`, (i: number) => `urn:uuid:${randomUUID()}`, (i: number) => `Patient/p${String(i).padStart(12, '0')}`];
+    for (const shape of shapes) for (let i = 0; i < 100_000; i++) states.mark(shape(i), 1 + (i % 2));
+    expect(states.size).toBe(300_000);
+    expect(states.count(1) + states.count(2)).toBe(300_000);
   });
 });
 
