@@ -153,6 +153,21 @@ describe('hx split', () => {
     }
   });
 
+  it('keeps each type\'s lines in order across many batches, types coming and going', async () => {
+    // Blocks of one type, each larger than a read: most batches hold one type, some two.
+    const types = ['Patient', 'Observation', 'Patient', 'Condition', 'Observation', 'Patient'];
+    const lines = types.flatMap((type, b) =>
+      Array.from({ length: 700 }, (_, i) => `{"resourceType":"${type}","id":"${b}-${i}","note":"${'x'.repeat(i % 97)}"}`),
+    );
+    const dir = join(tempDir(), 'blocks');
+    const r = await hx(['split', '--dir', dir], { stdin: lines.join('\n') + '\n' });
+    expect(r.code).toBe(0);
+    for (const type of ['Patient', 'Observation', 'Condition']) {
+      const expected = lines.filter((line) => line.includes(`"${type}"`)).join('\n') + '\n';
+      expect(readFileSync(join(dir, `${type}.ndjson`), 'utf8')).toBe(expected);
+    }
+  });
+
   it('leaves no partial files when the run fails', async () => {
     const dir = tempDir();
     const r = await hx(['split', '--dir', dir], { stdin: `${P('1')}\nbad\n` });

@@ -519,7 +519,7 @@ export class Tagger {
         const hadExtension = resource.extension !== undefined;
         const added = this.observation(resource, { source, line: lines[i]! }, contradictory, rejects);
         if (added === undefined) continue;
-        if (added.length > 0 && text !== undefined) text = hadExtension || typeof text !== 'string' ? undefined : spliceTags(text, added);
+        if (added.length > 0 && text !== undefined) text = hadExtension ? undefined : spliceTags(String(text), added);
       }
       out.push(resource);
       outLines.push(lines[i]!);

@@ -30,6 +30,8 @@ interface OpenFile {
 export class TypeFiles extends Writable {
   private readonly temp: string;
   private readonly open = new Map<string, OpenFile>();
+  /** Per type of the last batch, its lines: the buffers are kept for the next batch and the lines copied out. */
+  private readonly linesByType = new Map<string, ByteBuilder>();
   private readonly started = new Set<string>();
 
   constructor(private readonly options: TypeFilesOptions) {
@@ -61,20 +63,24 @@ export class TypeFiles extends Writable {
   }
 
   private async writeBatch(batch: Batch): Promise<void> {
-    const byType = new Map<string, ByteBuilder>();
     const { resources, texts } = batch;
     for (let i = 0; i < resources.length; i++) {
       const resource = resources[i]!;
       const type = resource.resourceType;
-      let lines = byType.get(type);
-      if (!lines) byType.set(type, (lines = new ByteBuilder()));
+      let lines = this.linesByType.get(type);
+      if (!lines) this.linesByType.set(type, (lines = new ByteBuilder()));
       appendText(lines, texts?.[i] ?? JSON.stringify(resource));
       lines.append('\n');
       this.options.account.countWritten(type);
     }
-    for (const [type, lines] of byType) {
+    for (const [type, lines] of this.linesByType) {
+      if (lines.length === 0) {
+        this.linesByType.delete(type); // none in this batch: any number of types may pass over a run
+        continue;
+      }
+      const bytes = lines.copy();
       const { head } = await this.handle(type);
-      if (!head.write(lines.take())) await once(head, 'drain');
+      if (!head.write(bytes)) await once(head, 'drain');
     }
   }
 
