@@ -109,9 +109,11 @@ function pretagPlan(argv: ArgumentsCamelCase<PretagArgs>, readsInput: boolean): 
             unpackBundles: argv.unpack,
             prefilter: mayBeSmokingStatus,
             needles: SMOKING_NEEDLES,
-            // This read skips nearly every byte, so waits on the disk dominate: 256 KiB reads cut
-            // the pass by a fifth; 1 MiB by a third, but its garbage raised the run's peak RSS by 25 MB.
-            chunkBytes: 256 << 10,
+            // This read skips nearly every byte, so waits on the disk dominate: 256 KiB reads cut the pass
+            // by a fifth, 1 MiB by a third; but their buffers pile up until V8 collects them, and the run's
+            // peak RSS rose with the size (1 GB, interleaved: 64 KiB 93 MB, 128 KiB 91-96, 256 KiB 100-102,
+            // 1 MiB 115). 128 KiB ran as fast as 256 in those runs.
+            chunkBytes: 128 << 10,
           }) as Readable
       : undefined;
   return {
