@@ -185,10 +185,7 @@ export class BundleFormat {
   entryText(resource: Resource, url: string | undefined, uuid: (compact: string) => string, text?: string): string {
     const compact = text ?? JSON.stringify(resource);
     const json = this.pretty ? JSON.stringify(resource, null, 2).replaceAll('\n', '\n      ') : compact;
-    let entry = this.open;
-    if (url === undefined) entry += this.fullUrlKey + 'urn:uuid:' + uuid(compact) + this.fullUrlEnd;
-    else if (this.basePrefix !== undefined) entry += this.basePrefix + url + this.fullUrlEnd;
-    return entry + this.resourceKey + json + this.entryEnd(resource, url);
+    return this.entryStart(url, url === undefined ? uuid(compact) : '') + json + this.entryEnd(resource, url);
   }
 
   /**
@@ -198,8 +195,14 @@ export class BundleFormat {
    */
   appendEntry(out: ByteBuilder, resource: Resource, url: string, text: SplicedText): number {
     if (this.pretty) return out.append(this.entryText(resource, url, () => '', String(text)));
-    const start = this.open + (this.basePrefix === undefined ? '' : this.basePrefix + url + this.fullUrlEnd) + this.resourceKey;
-    return out.append(start) + appendText(out, text) + out.append(this.entryEnd(resource, url));
+    return out.append(this.entryStart(url, '')) + appendText(out, text) + out.append(this.entryEnd(resource, url));
+  }
+
+  /** What precedes the resource in its entry; `uuid` names a resource without an id (`url` undefined). */
+  private entryStart(url: string | undefined, uuid: string): string {
+    if (url === undefined) return this.open + this.fullUrlKey + 'urn:uuid:' + uuid + this.fullUrlEnd + this.resourceKey;
+    if (this.basePrefix === undefined) return this.open + this.resourceKey;
+    return this.open + this.basePrefix + url + this.fullUrlEnd + this.resourceKey;
   }
 
   /** What follows the resource in its entry. */
