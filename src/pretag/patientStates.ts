@@ -1,3 +1,5 @@
+import { hash64, hash64Out } from '../util/hash64.js';
+
 /** What has been seen of one patient's smoking status: a few bits. */
 export const NEVER = 1;
 export const EVER = 2;
@@ -5,8 +7,8 @@ export const EVER = 2;
 export const CONTRADICTORY = NEVER | EVER;
 
 /**
- * The smoking-status bits of every patient seen, keyed by a 64-bit hash of
- * `subject.reference` (`''` for subject-less records, which are judged
+ * The smoking-status bits of every patient seen, keyed by a 64-bit hash
+ * (`hash64`) of `subject.reference` (`''` for subject-less records, which are judged
  * together). Nothing of the reference itself is kept, so the cost does not
  * depend on how long references are.
  *
@@ -41,15 +43,15 @@ export class PatientStates {
 
   /** Adds `bits` (NEVER or EVER) to the patient's state. */
   mark(reference: string, bits: number): void {
-    hashReference(reference);
-    this.markKey(keyHi, keyLo, bits);
+    hash64(reference, undefined, 0);
+    this.markKey(hash64Out[0]!, hash64Out[1]!, bits);
   }
 
   /** The patient's bits (0 when never marked). */
   get(reference: string): number {
-    hashReference(reference);
-    const hi = keyHi;
-    const lo = keyLo;
+    hash64(reference, undefined, 0);
+    const hi = hash64Out[0]!;
+    const lo = hash64Out[1]!;
     for (let i = lo & this.mask; ; i = (i + 1) & this.mask) {
       const b = this.bits[i]!;
       if (b === 0) return 0;
@@ -91,31 +93,4 @@ export class PatientStates {
     this.size = 0;
     for (let i = 0; i < bits.length; i++) if (bits[i] !== 0) this.markKey(hi[i]!, lo[i]!, bits[i]!);
   }
-}
-
-/** The two halves of the last `hashReference` (module variables: no array per call). */
-let keyHi = 0;
-let keyLo = 0;
-
-/**
- * 64 bits of hash of `reference`: two 32-bit multiply-xorshift lanes over its
- * UTF-16 units, each finally mixed with the other (cyrb53's scheme, both
- * lanes kept). A fifth of the cost of SHA-1, which it replaced; on 5 million
- * references of three shapes (`Patient/N`, UUIDs, zero-padded ids) no two
- * shared a key, and the low 32 bits that pick a slot collided as often as
- * random bits would. Not a defence against forged references: a collision
- * only merges two patients' hints for review.
- */
-function hashReference(reference: string): void {
-  let h1 = 0xdeadbeef;
-  let h2 = 0x41c6ce57;
-  for (let i = 0; i < reference.length; i++) {
-    const c = reference.charCodeAt(i);
-    h1 = Math.imul(h1 ^ c, 2654435761);
-    h2 = Math.imul(h2 ^ c, 1597334677);
-  }
-  h1 = Math.imul(h1 ^ (h1 >>> 16), 2246822507) ^ Math.imul(h2 ^ (h2 >>> 13), 3266489909);
-  h2 = Math.imul(h2 ^ (h2 >>> 16), 2246822507) ^ Math.imul(h1 ^ (h1 >>> 13), 3266489909);
-  keyHi = h2 >>> 0;
-  keyLo = h1 >>> 0;
 }

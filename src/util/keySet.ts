@@ -21,6 +21,8 @@
  * even that rare collision drops the same record on every run (hx's output
  * is deterministic); pass a `seed` to vary it.
  */
+import { hash64, hash64Out } from './hash64.js';
+
 export interface KeySetOptions {
   /** Keys expected; the tables start large enough for them. */
   expected?: number;
@@ -143,35 +145,12 @@ export class KeySet {
     release(old);
   }
 
-  /**
-   * A 64-bit hash of `key` into (hi, lo): two 32-bit multiplicative lanes
-   * with a final cross-mix (the construction of cyrb53, keeping all 64
-   * bits). Fast on short keys, which is what the hot path needs.
-   */
+  /** The hash of `key` (or `key/second`) into (hi, lo); see `hash64`. */
   private hash(key: string, second: string | undefined): void {
-    let h1 = 0xdeadbeef ^ this.seed;
-    let h2 = 0x41c6ce57 ^ this.seed;
-    for (let i = 0; i < key.length; i++) {
-      const c = key.charCodeAt(i);
-      h1 = Math.imul(h1 ^ c, 2654435761);
-      h2 = Math.imul(h2 ^ c, 1597334677);
-    }
-    if (second !== undefined) {
-      h1 = Math.imul(h1 ^ 0x2f, 2654435761); // the '/' between the two parts
-      h2 = Math.imul(h2 ^ 0x2f, 1597334677);
-      for (let i = 0; i < second.length; i++) {
-        const c = second.charCodeAt(i);
-        h1 = Math.imul(h1 ^ c, 2654435761);
-        h2 = Math.imul(h2 ^ c, 1597334677);
-      }
-    }
-    h1 = Math.imul(h1 ^ (h1 >>> 16), 2246822507);
-    h1 ^= Math.imul(h2 ^ (h2 >>> 13), 3266489909);
-    h2 = Math.imul(h2 ^ (h2 >>> 16), 2246822507);
-    h2 ^= Math.imul(h1 ^ (h1 >>> 13), 3266489909);
-    this.hi = h2 >>> 0;
+    hash64(key, second, this.seed);
+    this.hi = hash64Out[0]!;
     // (0, 0) marks an empty slot; moving that one hash costs nothing measurable.
-    this.lo = h1 >>> 0 || (this.hi === 0 ? 1 : 0);
+    this.lo = hash64Out[1]! || (this.hi === 0 ? 1 : 0);
   }
 }
 
