@@ -11,6 +11,7 @@ import { summariseErrors } from '../src/bulk/download.js';
 import { exportUrl, parameterPairs, parametersResource } from '../src/bulk/kickoff.js';
 import { LineCounter } from '../src/bulk/lineCounter.js';
 import { parseManifest, planFiles } from '../src/bulk/manifest.js';
+import { YoungCollection } from '../src/util/youngCollection.js';
 
 const FIXTURES = resolve(import.meta.dirname, 'fixtures/bulk');
 const fixture = (name: string) => readFileSync(join(FIXTURES, name));
@@ -61,6 +62,26 @@ describe('LineCounter', () => {
     const { counts, out } = await count(bytes, 100, false);
     expect(counts).toMatchObject({ lines: 1, addedNewline: true, bytes: bytes.length + 1 });
     expect(out.at(-1)).toBe(0x0a);
+  });
+});
+
+describe('YoungCollection', () => {
+  it('asks for a young collection once per the given number of bytes passed, whatever the chunk sizes', () => {
+    const asked: unknown[] = [];
+    const young = new YoungCollection((options) => asked.push(options), 100);
+    for (const size of [30, 30, 30]) young.passed(size);
+    expect(asked).toEqual([]);
+    young.passed(10);
+    expect(asked).toEqual([{ type: 'minor' }]);
+    young.passed(250);
+    young.passed(99);
+    expect(asked).toHaveLength(2);
+    young.passed(1);
+    expect(asked).toHaveLength(3);
+  });
+
+  it('does nothing when Node gives no gc (hx used as a library)', () => {
+    expect(() => new YoungCollection(undefined, 1).passed(10)).not.toThrow();
   });
 });
 

@@ -18,6 +18,7 @@ import type { EventLog } from './eventLog.js';
 import { FileFetcher, Unauthorized } from './fileRequest.js';
 import { header } from './kickoff.js';
 import { LineCounter, type LineCounts } from './lineCounter.js';
+import { YoungCollection } from '../util/youngCollection.js';
 import type { Manifest, PlannedFile } from './manifest.js';
 
 export interface DownloadOptions {
@@ -45,12 +46,13 @@ export async function downloadFiles(manifest: Manifest, files: PlannedFile[], op
   options.account.filesPlanned += files.length;
   // After the first failure no new file starts; those under way finish (or fail), so none is left half-written.
   let failure: { error: unknown } | undefined;
+  const young = new YoungCollection();
   await Promise.all(
     files.map((file) =>
       limit(async () => {
         if (failure) return;
         try {
-          await downloadOne(manifest, file, options);
+          await downloadOne(manifest, file, options, young);
         } catch (error) {
           failure ??= { error };
         }
@@ -65,7 +67,7 @@ export async function downloadFiles(manifest: Manifest, files: PlannedFile[], op
   await options.destination.close();
 }
 
-async function downloadOne(manifest: Manifest, file: PlannedFile, options: DownloadOptions): Promise<void> {
+async function downloadOne(manifest: Manifest, file: PlannedFile, options: DownloadOptions, young: YoungCollection): Promise<void> {
   const { account, destination, log } = options;
   options.signal?.throwIfAborted();
   const before = await destination.complete(file);
@@ -80,7 +82,7 @@ async function downloadOne(manifest: Manifest, file: PlannedFile, options: Downl
   options.events?.event('download_request', { fileUrl, itemType: file.kind, resourceType: file.entry.type ?? null });
   let counts: LineCounts;
   try {
-    counts = await fetchFile(manifest, file, target.open.bind(target), capture, options);
+    counts = await fetchFile(manifest, file, target.open.bind(target), capture, young, options);
     await target.commit(counts);
   } catch (err) {
     options.events?.event('download_error', { fileUrl, body: null, code: (err as { status?: number }).status ?? null, message: (err as Error).message });
@@ -98,6 +100,7 @@ async function fetchFile(
   file: PlannedFile,
   open: () => NodeJS.WritableStream,
   capture: Capture | undefined,
+  young: YoungCollection,
   { client, fetcher, auth, signal, account }: DownloadOptions,
 ): Promise<LineCounts> {
   const what = `${file.name} (${file.kind} file)`;
@@ -119,7 +122,10 @@ async function fetchFile(
         throw err;
       }
       const gzip = /\bgzip\b/i.test(header(res.headers['content-encoding']) ?? '');
-      const counter = new LineCounter(file.kind === 'output' && !file.entry.type, (n) => (account.bytesSeen += n));
+      const counter = new LineCounter(file.kind === 'output' && !file.entry.type, (n) => {
+        account.bytesSeen += n;
+        young.passed(n);
+      });
       capture?.reset();
       const stages: (NodeJS.ReadableStream | NodeJS.WritableStream)[] = [res.body];
       if (gzip) stages.push(createGunzip());
