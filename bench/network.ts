@@ -7,8 +7,9 @@
  *                                        # 8 minutes: a thousand requests at 120 a minute); ingest: 1 GB
  *   npm run bench:network -- --scale 0.1 # a tenth of each, for a quick look
  *   npm run bench:network -- --no-rate-limit  # without the rate-limited export
+ *   npm run bench:network -- --only fetch,bulk --runs 5  # some sections (fetch, bulk, export, ingest), 5 runs each
  *
- * Each pair runs three times, curl and hx in turn, and the best of each is
+ * Each pair runs three times (or --runs), curl and hx in turn, and the best of each is
  * kept: on a shared 2-core VM one run of a server-bound download can take
  * twice as long as the next.
  */
@@ -23,8 +24,11 @@ import { requireNullDevice } from './nullDevice.js';
 
 requireNullDevice();
 const scale = Number(process.argv[process.argv.indexOf('--scale') + 1] || 1) || 1;
-const RUNS = 3;
+const option = (name: string) => (process.argv.includes(name) ? process.argv[process.argv.indexOf(name) + 1] : undefined);
+const RUNS = Number(option('--runs') ?? 3);
 const RATE_LIMITED = !process.argv.includes('--no-rate-limit');
+const ONLY = option('--only')?.split(',');
+const wanted = (section: 'fetch' | 'bulk' | 'export' | 'ingest') => !ONLY || ONLY.includes(section);
 const HX = 'bin/hx.js';
 
 interface Timing {
@@ -99,7 +103,7 @@ const row = (name: string, hx: Timing, curl: Timing, mb: number) =>
 const work = mkdtempSync(join(tmpdir(), 'hx-bench-net-'));
 
 // hx fetch: a tenant of Observations, pages of 1000, `next` links, vs curl fetching the same pages in order.
-{
+if (wanted('fetch')) {
   const count = Math.round(200_000 * scale);
   const { base, child } = await startServer('dist/test/support/fhirServer.js', ['--types', `Observation=${count}`, '--pad', '900', '--port', '0']);
   try {
@@ -117,7 +121,7 @@ const work = mkdtempSync(join(tmpdir(), 'hx-bench-net-'));
 }
 
 // hx bulk download: 4 files, --concurrency 4, vs curl -P 4 on the same manifest.
-{
+if (wanted('bulk')) {
   const count = Math.round(1_000_000 * scale);
   const { base, child } = await startServer('dist/test/support/bulkServer.js', ['--types', `Observation=${count}`, '--per-file', String(Math.ceil(count / 4)), '--pad', '900', '--port', '0']);
   try {
@@ -149,11 +153,13 @@ const work = mkdtempSync(join(tmpdir(), 'hx-bench-net-'));
 // last run plays HealthClaw as the contract describes it: no next links (hx pages by _lastUpdated keyset) and its
 // rate limit of 120 requests per 60 s, which hx keeps to by its X-RateLimit headers.
 const exportRows: string[] = [];
-const exportRuns: { count: number; runs: number; healthclaw?: boolean }[] = [
-  { count: Math.round(200_000 * scale), runs: RUNS },
-  { count: Math.round(2_000_000 * scale), runs: 1 },
-  ...(RATE_LIMITED ? [{ count: Math.round(200_000 * scale), runs: 1, healthclaw: true }] : []),
-];
+const exportRuns: { count: number; runs: number; healthclaw?: boolean }[] = !wanted('export')
+  ? []
+  : [
+      { count: Math.round(200_000 * scale), runs: RUNS },
+      { count: Math.round(2_000_000 * scale), runs: 1 },
+      ...(RATE_LIMITED ? [{ count: Math.round(200_000 * scale), runs: 1, healthclaw: true }] : []),
+    ];
 for (const { count, runs, healthclaw } of exportRuns) {
   const serverArgs = ['--types', `Patient=1000,Observation=${count}`, '--pad', '900', '--tenant', 'desktop-demo', '--port', '0'];
   if (healthclaw) serverArgs.push('--paging', 'healthclaw', '--max-count', '200', '--rate-limit', '120/60');
@@ -188,7 +194,7 @@ for (const { count, runs, healthclaw } of exportRuns) {
 // HealthClaw answers) with its defaults, against the server's own capacity: one plain loop posting the same
 // Bundles, cut beforehand by `hx bundle --dir` with ingest's budgets. A fresh server for each run.
 const ingestRows: string[] = [];
-{
+if (wanted('ingest')) {
   const mb = Math.round(1000 * scale);
   const corpus = `bench/data/corpus-${mb}.ndjson`;
   if (!existsSync(corpus)) {
@@ -216,18 +222,13 @@ const ingestRows: string[] = [];
 }
 
 rmSync(work, { recursive: true, force: true });
+/** A Markdown table of the rows a section gave, or nothing when it was not run. */
+const table = (header: string, numbers: number, body: string[]) =>
+  body.length ? [header, `|---|${'---:|'.repeat(numbers)}`, ...body, ''] : [];
 process.stdout.write(
   [
-    '| command | s | MB/s | peak RSS | curl s | hx vs curl |',
-    '|---|---:|---:|---:|---:|---:|',
-    ...rows,
-    '',
-    '| command | s | MB/s | peak RSS | hx CPU s | hx CPU / wall | server alone (curl) s |',
-    '|---|---:|---:|---:|---:|---:|---:|',
-    ...exportRows,
-    '',
-    '| command | s | MB/s in | peak RSS | plain loop s | hx vs loop |',
-    '|---|---:|---:|---:|---:|---:|',
-    ...ingestRows,
-  ].join('\n') + '\n',
+    ...table('| command | s | MB/s | peak RSS | curl s | hx vs curl |', 5, rows),
+    ...table('| command | s | MB/s | peak RSS | hx CPU s | hx CPU / wall | server alone (curl) s |', 6, exportRows),
+    ...table('| command | s | MB/s in | peak RSS | plain loop s | hx vs loop |', 5, ingestRows),
+  ].join('\n'),
 );
