@@ -100,6 +100,25 @@ describe('hx cat', () => {
     expect(r.stderr).toContain('Unknown argument: frobnicate');
   });
 
+  it('names an output path that cannot be written, exit 1, no stack; a bad report or reject path before any output', async () => {
+    const dir = tempDir();
+    const file = join(dir, 'a-file');
+    writeFileSync(file, '');
+    const stdin = `${P('1')}\n`;
+    const cases: [string[], string][] = [
+      [['cat', '-o', join(file, 'out.ndjson')], `hx: ${file}: exists and is not a directory\n`],
+      [['cat', '--report', join(file, 'report.json')], `hx: ${file}: exists and is not a directory\n`],
+      [['cat', '--rejects', join(file, 'rejects.ndjson')], `hx: ${file}: exists and is not a directory\n`],
+      [['cat', '--report', dir], `hx: ${dir}: is a directory\n`],
+      [['split', '--dir', file], `hx: ${file}: exists and is not a directory\n`],
+      [['bundle', '--max-entries', '1', '--dir', file], `hx: ${file}: exists and is not a directory\n`],
+    ];
+    for (const [args, message] of cases) {
+      const r = await hx(args, { stdin });
+      expect([r.code, r.stderr, r.stdout.toString()], args.join(' ')).toEqual([1, message, '']);
+    }
+  });
+
   it('has examples in --help', async () => {
     for (const command of ['cat', 'count', 'split']) {
       const r = await hx([command, '--help']);

@@ -1,10 +1,11 @@
-import { writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { availableParallelism } from 'node:os';
 import { Readable, Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Argv } from 'yargs';
 import { Account } from '../account.js';
-import { HxError } from '../errors.js';
+import { HxError, asUserError } from '../errors.js';
 import { inputSize, readInputs } from '../io/input.js';
 import { openOutput, type Output } from '../io/output.js';
 import { ndjsonSerialize } from '../io/serialize.js';
@@ -120,6 +121,8 @@ export interface RunSpec {
  */
 export async function runRecords(spec: RunSpec): Promise<Account> {
   const { input } = spec;
+  // A report or reject file that cannot be written fails the run now, not once the input is read.
+  for (const path of [input.report, input.rejects]) if (path) prepareFile(path);
   const account = new Account();
   account.onWarning = (message) => process.stderr.write(`hx: warning: ${message}\n`);
   const rejects = new Rejects(account, input.rejects);
@@ -157,9 +160,15 @@ export async function runRecords(spec: RunSpec): Promise<Account> {
   return account;
 }
 
+/** Makes the directory of an output file; fails when the file cannot be made there. */
+function prepareFile(path: string): void {
+  mkdirSync(dirname(path), { recursive: true });
+  if (existsSync(path) && statSync(path).isDirectory()) throw new HxError(`${path}: is a directory`);
+}
+
 function writeReport(input: RunArgs, account: Account, error?: Error): void {
   if (input.report) {
-    const report = { ...account.toJSON(), ...(error ? { failed: error instanceof HxError ? error.message : 'internal error' } : {}) };
+    const report = { ...account.toJSON(), ...(error ? { failed: asUserError(error)?.message ?? 'internal error' } : {}) };
     writeFileSync(input.report, JSON.stringify(report, null, 2) + '\n');
   }
   if (input.verbose) process.stderr.write(`hx: ${account.summary()}\n`);

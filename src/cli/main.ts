@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { HxError } from '../errors.js';
+import { HxError, asUserError } from '../errors.js';
 import { withoutHelpCache } from './helpCache.js';
 import { loadCommands } from './commands/index.js';
 
@@ -24,10 +24,11 @@ const cli = withoutHelpCache(yargs(args))
 try {
   await cli.parseAsync();
 } catch (err) {
-  if (err instanceof HxError) {
-    process.stderr.write(`hx: ${err.message}\n`);
-    if (err.exitCode === 2) process.stderr.write('Try `hx --help`.\n');
-    process.exitCode = err.exitCode;
+  const known = asUserError(err);
+  if (known) {
+    process.stderr.write(`hx: ${known.message}\n`);
+    if (known.exitCode === 2) process.stderr.write('Try `hx --help`.\n');
+    process.exitCode = known.exitCode;
   } else {
     process.stderr.write(`hx: internal error: ${(err as Error)?.stack ?? err}\n`);
     process.exitCode = 70;

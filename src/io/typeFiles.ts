@@ -37,6 +37,7 @@ export class TypeFiles extends Writable {
   constructor(private readonly options: TypeFilesOptions) {
     super({ objectMode: true });
     this.temp = join(options.dir, `.hx-partial-${process.pid}`);
+    mkdirSync(options.dir, { recursive: true }); // first, so that a failure names the folder asked for
     mkdirSync(this.temp, { recursive: true });
   }
 

@@ -1,6 +1,6 @@
 import { writeFileSync } from 'node:fs';
 import type { Argv, CommandModule } from 'yargs';
-import { HxError, UsageError } from '../../errors.js';
+import { UsageError, asUserError } from '../../errors.js';
 import { HttpClient } from '../../http/client.js';
 import { rateLimitNotice } from '../../http/rateLimit.js';
 import { Redactor } from '../../http/redact.js';
@@ -270,7 +270,7 @@ async function withSession(argv: DownloadArgs, origin: string | undefined, flow:
     account.retries = client.stats.retries;
     if (!stdoutClosed && (account.filesDownloaded + account.filesResumed > 0 || !failure)) log(account.summary());
     if (argv.report) {
-      const failed = failure ? { failed: failure instanceof HxError ? failure.message : 'internal error' } : {};
+      const failed = failure ? { failed: asUserError(failure)?.message ?? 'internal error' } : {};
       writeFileSync(argv.report, JSON.stringify({ ...account.toJSON(), ...failed }, null, 2) + '\n');
     }
     await Promise.all([client.close(), session.fetcher.close(), session.events?.close()]);
