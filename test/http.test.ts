@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it, vi } from 'vitest';
@@ -6,6 +7,8 @@ import { HttpClient, HttpError } from '../src/http/client.js';
 import { RateLimitGate } from '../src/http/rateLimit.js';
 import { Redactor } from '../src/http/redact.js';
 import { backoffMs, DEFAULT_RETRY, isRetryable, parseRetryAfter, retryDelay, RetryableError } from '../src/http/retry.js';
+import { request } from '../src/http/undici.js';
+import { HX } from './support/cli.js';
 
 type Handler = (req: IncomingMessage, res: ServerResponse, n: number) => void;
 const closers: (() => Promise<void>)[] = [];
@@ -131,6 +134,19 @@ describe('rate limit pacing', () => {
     gate.observe(origin, limit(0, now + 20));
     gate.observe(origin, limit(3, now + 20));
     expect(await settled(gate.before(origin))).toBe(false);
+  });
+});
+
+describe('undici, in part', () => {
+  it('loads the Agent and request without undici\'s index, and requests through them', async () => {
+    const script =
+      `await import(${JSON.stringify(HX.replace('cli/main.js', 'http/undici.js'))});` +
+      `const { createRequire } = await import('node:module');` +
+      `console.log(Object.keys(createRequire(import.meta.url).cache).filter((p) => /undici.index\\.js$/.test(p)).length);`;
+    expect(execFileSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8' })).toBe('0\n');
+    const s = await server((req, res) => res.writeHead(200).end(`${req.method} ${req.url}`));
+    const res = await request(`${s.url}?a=1`, { method: 'POST', body: 'x' });
+    expect([res.statusCode, await res.body.text()]).toEqual([200, 'POST /x?a=1']);
   });
 });
 

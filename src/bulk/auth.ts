@@ -10,7 +10,7 @@ import { readFile } from 'node:fs/promises';
 import type { JWK } from 'jose';
 import { HxError, UsageError } from '../errors.js';
 import { RETRYABLE_STATUS, RetryableError, parseRetryAfter } from '../http/retry.js';
-import { request } from 'undici';
+import { request } from '../http/undici.js';
 import type { HttpClient } from '../http/client.js';
 import type { Redactor } from '../http/redact.js';
 

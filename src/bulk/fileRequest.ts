@@ -5,7 +5,7 @@
  * origin only and is dropped as soon as a redirect changes the origin (a
  * signed storage URL must not see the FHIR token).
  */
-import { Agent, request } from 'undici';
+import { Agent, request } from '../http/undici.js';
 import { HxError } from '../errors.js';
 import type { HttpClient, HttpResponse } from '../http/client.js';
 import { RETRYABLE_STATUS, RetryableError, parseRetryAfter } from '../http/retry.js';

@@ -14,7 +14,7 @@
  * with an `HttpError` that says what to do.
  */
 import type { Readable } from 'node:stream';
-import { Agent, request, type Dispatcher } from 'undici';
+import { Agent, request, type Dispatcher } from './undici.js';
 import { HxError } from '../errors.js';
 import { RateLimitGate } from './rateLimit.js';
 import { Redactor } from './redact.js';
