@@ -8,6 +8,8 @@ import { RateLimitGate } from '../src/http/rateLimit.js';
 import { Redactor } from '../src/http/redact.js';
 import { backoffMs, DEFAULT_RETRY, isRetryable, parseRetryAfter, retryDelay, RetryableError } from '../src/http/retry.js';
 import { request } from '../src/http/undici.js';
+import { bodyChunks } from '../src/http/bodyChunks.js';
+import { PassThrough } from 'node:stream';
 import { HX } from './support/cli.js';
 
 type Handler = (req: IncomingMessage, res: ServerResponse, n: number) => void;
@@ -147,6 +149,60 @@ describe('undici, in part', () => {
     const s = await server((req, res) => res.writeHead(200).end(`${req.method} ${req.url}`));
     const res = await request(`${s.url}?a=1`, { method: 'POST', body: 'x' });
     expect([res.statusCode, await res.body.text()]).toEqual([200, 'POST /x?a=1']);
+  });
+});
+
+describe('bodyChunks', () => {
+  const chunks = ['{"a":', '1}', '\n'].map((c) => Buffer.from(c));
+
+  it('yields the chunks as they came, not joined, even when they wait', async () => {
+    const body = new PassThrough();
+    const got: Buffer[] = [];
+    const reading = (async () => {
+      for await (const chunk of bodyChunks(body)) got.push(chunk);
+    })();
+    for (const chunk of chunks) body.write(chunk);
+    body.end();
+    await reading;
+    expect(got).toEqual(chunks);
+  });
+
+  it('pauses the body while 16 chunks wait, and resumes it as they are read', async () => {
+    const body = new PassThrough({ highWaterMark: 1 });
+    const iterator = bodyChunks(body)[Symbol.asyncIterator]();
+    const first = iterator.next();
+    // More than the queue holds: the rest waits in the body until it is resumed.
+    const writes = Array.from({ length: 40 }, (_, i) => body.write(Buffer.from([i])));
+    body.end();
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(body.isPaused()).toBe(true);
+    expect(writes.at(-1)).toBe(false);
+    const got = [(await first).value[0]];
+    for (let r = await iterator.next(); !r.done; r = await iterator.next()) got.push(r.value[0]!);
+    expect(got).toEqual(Array.from({ length: 40 }, (_, i) => i));
+  });
+
+  it('throws a failure after the chunks before it, and a close before the end as premature', async () => {
+    const failing = new PassThrough();
+    failing.write(chunks[0]);
+    setImmediate(() => failing.destroy(Object.assign(new Error('reset'), { code: 'ECONNRESET' })));
+    const got: Buffer[] = [];
+    await expect((async () => {
+      for await (const chunk of bodyChunks(failing)) got.push(chunk);
+    })()).rejects.toMatchObject({ code: 'ECONNRESET' });
+    expect(got).toEqual([chunks[0]]);
+    const closed = new PassThrough();
+    setImmediate(() => closed.destroy());
+    await expect((async () => {
+      for await (const _ of bodyChunks(closed));
+    })()).rejects.toMatchObject({ code: 'ERR_STREAM_PREMATURE_CLOSE' });
+  });
+
+  it('destroys the body when the reader leaves early', async () => {
+    const body = new PassThrough();
+    body.write(chunks[0]);
+    for await (const _ of bodyChunks(body)) break;
+    expect(body.destroyed).toBe(true);
   });
 });
 

@@ -46,6 +46,7 @@ import { Readable } from 'node:stream';
 import pLimit from 'p-limit';
 import type { Account } from '../src/account.js';
 import { HxError, RecordRejected } from '../src/errors.js';
+import { bodyChunks } from '../src/http/bodyChunks.js';
 import type { HttpClient } from '../src/http/client.js';
 import { RetryableError, sleep } from '../src/http/retry.js';
 import { DocumentScanner } from '../src/io/documentScanner.js';
@@ -348,10 +349,10 @@ class Fetcher {
           res.body.destroy();
           throw new HxError(`${source}: expected FHIR JSON, got ${type.split(';')[0]}`);
         }
-        for await (const chunk of res.body) {
-          this.stage.bytes += (chunk as Buffer).length;
+        for await (const chunk of bodyChunks(res.body)) {
+          this.stage.bytes += chunk.length;
           this.options.onBytes?.(this.stage.bytes);
-          const batch = reader.push(chunk as Buffer);
+          const batch = reader.push(chunk);
           if (batch) yield batch;
         }
         return reader.end();
@@ -493,7 +494,7 @@ class PageReader implements EntrySink {
       this.lastInstant = undefined;
     }
     this.ctx.account.read++;
-    if (typeof id === 'string' && !this.seen.add(`${resource.resourceType}/${id}`)) {
+    if (typeof id === 'string' && !this.seen.addPair(resource.resourceType, id)) {
       this.stats.duplicates++;
       this.ctx.account.countDropped('duplicate (type, id) across pages');
       return;
