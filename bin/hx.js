@@ -7,8 +7,9 @@
 // 11-18 MB lower for every command); an old generation that grows by 10%
 // (or V8's minimum step) between full collections (traced on `hx deid`: one
 // at 15 MB of heap instead of 34, for 8 MB live; peak RSS 101 -> 86 MB); and
-// `gc` exposed, for the one place that asks for a full collection (the
-// output bytes of --workers, src/io/workers.ts); and WebAssembly compiled by
+// `gc` exposed, for the two places that ask for a collection (the output
+// bytes of --workers, src/io/workers.ts; the socket buffers of a bulk
+// download, src/util/youngCollection.ts); and WebAssembly compiled by
 // the baseline compiler only: undici's HTTP parser is WebAssembly, and its
 // optimising compile cost every networked command about 30 MB of peak RSS
 // (hx fetch 132 -> 101 MB) for no speed it needs. Node flags cannot be set
