@@ -81,19 +81,33 @@ describe('DocumentScanner: the bytes of each entry\'s resource', () => {
     expect(resourceBytes('[{"resourceType":"Basic","resource":{"x":1}}]')).toEqual([undefined]);
   });
 
-  it('gives exactly the serialised resource or nothing, under any chunking; always when nothing can fool it', () => {
+  it('gives the same bytes (or none) under any chunking: a key or string cut between chunks is followed across them', () => {
+    // Every split point of an entry whose resource keeps a decimal's precision (JSON.stringify would write 1.5).
+    const text = bundle('{"fullUrl":"urn:uuid:1","resource":{"resourceType":"Observation","valueQuantity":{"value":1.50}},"search":{"mode":"match"}}');
+    const bytes = Buffer.from(text);
+    for (let cut = 1; cut < bytes.length; cut++) {
+      const found: (string | undefined)[] = [];
+      const scanner = new DocumentScanner({ onElement: (_t, _l, r) => found.push(r?.toString('utf8')), onBadElement: () => {} }, 1 << 20, 1, true);
+      scanner.push(bytes.subarray(0, cut));
+      scanner.push(bytes.subarray(cut));
+      expect(found, `cut at ${cut}`).toEqual(['{"resourceType":"Observation","valueQuantity":{"value":1.50}}']);
+    }
+    // An escape cut between chunks still withholds them.
+    const escaped = bundle('{"resource":{"resourceType":"A"},"resourc\\u0065":{"resourceType":"B"}}');
+    for (const size of [1, 2, 3, 5]) expect(resourceBytes(escaped, size)).toEqual([undefined]);
+  });
+
+  it('gives exactly the serialised resource or nothing, the same under any chunking; always when nothing can fool it', () => {
     let given = 0;
     for (let seed = 1; seed <= 150; seed++) {
       const b = randomBundle(seed);
       const text = JSON.stringify(b);
       const expected = b.entry.map((e) => JSON.stringify(e.resource));
-      for (const size of [text.length, 1 + (seed % 17), 7]) {
-        const found = resourceBytes(text, size);
-        found.forEach((bytes, i) => bytes === undefined || expect(bytes).toBe(expected[i]));
-        given += found.filter((x) => x !== undefined).length;
-        // Whole, with no escape in a fullUrl, every entry's bytes are known.
-        if (size === text.length) found.forEach((bytes, i) => JSON.stringify(b.entry[i]!.fullUrl).includes('\\') || expect(bytes).toBe(expected[i]));
-      }
+      const whole = resourceBytes(text);
+      // With no escape in a fullUrl, every entry's bytes are known.
+      whole.forEach((bytes, i) => (JSON.stringify(b.entry[i]!.fullUrl).includes('\\') ? expect(bytes).toBeUndefined() : expect(bytes).toBe(expected[i])));
+      given += whole.filter((x) => x !== undefined).length;
+      for (const size of [1 + (seed % 17), 7, 1]) expect(resourceBytes(text, size)).toEqual(whole);
       expect(resourceBytes(JSON.stringify(b, null, 2)).every((x) => x === undefined)).toBe(true);
     }
     expect(given).toBeGreaterThan(100);

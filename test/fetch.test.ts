@@ -441,6 +441,30 @@ describe('hx fetch: credentials', () => {
 });
 
 describe('hx fetch: resources written as the server sent them', () => {
+  it('writes the same bytes however the page is cut on the way (every entry cut inside its keys)', async () => {
+    const { createServer } = await import('node:http');
+    const entries = Array.from({ length: 12 }, (_, i) => `{"fullUrl":"urn:uuid:${i}","resource":{"resourceType":"Observation","id":"o${i}","valueQuantity":{"value":1.50}},"search":{"mode":"match"}}`);
+    const body = Buffer.from(`{"resourceType":"Bundle","type":"searchset","total":12,"entry":[${entries.join(',')}]}`);
+    // Pieces of 7 bytes, each sent after the one before has gone.
+    const server = createServer(async (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/fhir+json' });
+      for (let at = 0; at < body.length; at += 7) {
+        res.write(body.subarray(at, at + 7));
+        await new Promise((resolve) => setTimeout(resolve, 1));
+      }
+      res.end();
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const { port } = server.address() as { port: number };
+      const r = await hx(['fetch', `http://127.0.0.1:${port}/fhir/Observation`]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout.toString()).toBe(entries.map((_, i) => `{"resourceType":"Observation","id":"o${i}","valueQuantity":{"value":1.50}}\n`).join(''));
+    } finally {
+      server.close();
+    }
+  });
+
   it('keeps the bytes of each resource (a decimal\'s precision, escapes), and re-serialises one that spans lines or is not UTF-8', async () => {
     const { createServer } = await import('node:http');
     const kept = '{"resourceType":"Observation","id":"a","valueQuantity":{"value":1.50,"unit":"caf\\u00e9"}}';

@@ -73,7 +73,7 @@ export abstract class JsonWalker {
     const n = buf.length;
     if (this.inElement) this.elementStart = from;
     const span = this.span;
-    span?.chunkStarted();
+    span?.chunkStarted(from);
     let stringStart = this.capturingString ? from : -1;
     let i = from;
     while (i < n) {
@@ -150,6 +150,7 @@ export abstract class JsonWalker {
     }
     // The chunk ends inside the value: keep what is being captured.
     if (stringStart >= 0) this.stringParts.push(buf.subarray(stringStart, n));
+    if (span?.stringOpen) span.chunkEnded(buf, n);
     if (this.inElement && this.elementStart >= 0) this.element.append(buf.subarray(this.elementStart, n));
     return -1;
   }
@@ -282,10 +283,11 @@ export class CappedText {
 /**
  * Where the object value of one member (`key`) of the element being cut out
  * lies in the element's bytes. The span is given only when it is certainly
- * what `JSON.parse` takes for that member, and on one line:
+ * what `JSON.parse` takes for that member, and on one line, whatever the
+ * chunks the bytes came in (a string at the element's level that runs across
+ * chunks is followed across them):
  * - the key is matched on its raw bytes, so a string at the element's level
- *   that has an escape, or that runs across chunks (either might decode to the
- *   key), withholds the span;
+ *   that has an escape (it might decode to the key) withholds the span;
  * - a repeated key moves the span to the last value, as `JSON.parse` keeps the last;
  * - a value with a line break in it has no span.
  */
@@ -295,8 +297,12 @@ class MemberSpan {
   /** The member's object value is open. */
   valueOpen = false;
   private readonly key: Buffer;
-  /** Where the open string started in this chunk; -1 when it began in an earlier one. */
-  private stringStart = -1;
+  /** Where the open string's bytes not yet looked at start in this chunk. */
+  private stringStart = 0;
+  // What the open string's bytes so far are: how many, whether one was a backslash, whether they begin the key.
+  private stringLength = 0;
+  private stringHasBackslash = false;
+  private stringBeginsKey = false;
   private lastStringIsKey = false;
   private withheld = false;
   private start = -1;
@@ -312,23 +318,28 @@ class MemberSpan {
     this.start = this.end = -1;
   }
 
-  chunkStarted(): void {
-    if (this.stringOpen) this.stringStart = -1;
+  chunkStarted(from: number): void {
+    if (this.stringOpen) this.stringStart = from;
+  }
+
+  /** The chunk ends at `end` inside the open string. */
+  chunkEnded(buf: Buffer, end: number): void {
+    this.take(buf, end);
   }
 
   stringOpened(start: number): void {
     this.stringOpen = true;
     this.stringStart = start;
+    this.stringLength = 0;
+    this.stringHasBackslash = false;
+    this.stringBeginsKey = true;
   }
 
   stringClosed(buf: Buffer, end: number): void {
+    this.take(buf, end);
     this.stringOpen = false;
-    const start = this.stringStart;
-    const key = this.key;
-    this.lastStringIsKey = start >= 0 && end - start === key.length && buf.compare(key, 0, key.length, start, end) === 0;
-    if (this.lastStringIsKey) return;
-    if (start < 0) this.withheld = true;
-    else for (let k = start; k < end; k++) if (buf[k] === BACKSLASH) this.withheld = true;
+    this.lastStringIsKey = this.stringBeginsKey && this.stringLength === this.key.length;
+    if (!this.lastStringIsKey && this.stringHasBackslash) this.withheld = true;
   }
 
   /** A member's value opened at `offset` (every value follows its key, so the last string says whose). */
@@ -350,6 +361,19 @@ class MemberSpan {
   /** The member's bytes in `element`, when known for certain. */
   slice(element: Buffer): Buffer | undefined {
     return this.withheld || this.start < 0 || this.end < 0 ? undefined : element.subarray(this.start, this.end);
+  }
+
+  /** Adds the open string's bytes from `stringStart` to `end` to what is known of it. */
+  private take(buf: Buffer, end: number): void {
+    const start = this.stringStart;
+    const key = this.key;
+    const length = this.stringLength;
+    if (this.stringBeginsKey) {
+      this.stringBeginsKey = length + (end - start) <= key.length && buf.compare(key, length, length + (end - start), start, end) === 0;
+    }
+    if (!this.stringHasBackslash) for (let k = start; k < end; k++) if (buf[k] === BACKSLASH) this.stringHasBackslash = true;
+    this.stringLength = length + (end - start);
+    this.stringStart = end;
   }
 }
 
