@@ -18,8 +18,8 @@ import type { EventLog } from './eventLog.js';
 import { FileFetcher, Unauthorized } from './fileRequest.js';
 import { header } from './kickoff.js';
 import { LineCounter, type LineCounts } from './lineCounter.js';
-import { YoungCollection } from '../util/youngCollection.js';
 import type { Manifest, PlannedFile } from './manifest.js';
+import { YoungCollection } from '../util/youngCollection.js';
 
 export interface DownloadOptions {
   client: HttpClient;

@@ -2,8 +2,8 @@
  * The chunks of a response body, one at a time as they came off the
  * socket. A `for await` over the body itself reads whatever is buffered and
  * joins it into one new Buffer: when the reader is the slower side, as a
- * page's parser is, that is a copy of nearly every byte, and more chunks
- * waiting in the stream's buffer. `hx fetch` of a 260 MB tenant (A/B, seven
+ * page's parser is, several chunks are buffered at each read, and nearly
+ * every byte is copied once more. `hx fetch` of a 260 MB tenant (A/B, seven
  * runs each): 3.03 -> 2.76 s, CPU 3.05 -> 2.71 s.
  *
  * Backpressure as before: beyond `QUEUED` chunks the body is paused (and
