@@ -2,7 +2,7 @@ import { Transform } from 'node:stream';
 import type { Account } from './account.js';
 import { RecordRejected } from './errors.js';
 import type { Rejects } from './rejects.js';
-import { BATCHES_IN_FLIGHT, type Batch, type Location, type Resource } from './types.js';
+import { BATCHES_IN_FLIGHT, type Batch, type Location, type RecordText, type Resource } from './types.js';
 
 /** What every stream stage needs from the run: the account and the reject policy. */
 export interface StageContext {
@@ -37,11 +37,19 @@ export function mapStage(core: RecordCore, ctx: StageContext, dropReason = 'drop
 
 /**
  * The batch through a per-record core. The new Batch carries no texts
- * (`Batch.texts`): a core may change a resource in place.
+ * (`Batch.texts`: a core may change a resource in place) unless `textOf`
+ * gives them: the text of each record kept, from its input text.
  */
-export function mapBatch(batch: Batch, core: RecordCore, ctx: StageContext, dropReason: string): Batch {
+export function mapBatch(
+  batch: Batch,
+  core: RecordCore,
+  ctx: StageContext,
+  dropReason: string,
+  textOf?: (input: RecordText | undefined) => RecordText | undefined,
+): Batch {
   const resources: Resource[] = [];
   const lines: number[] = [];
+  const texts = textOf && batch.texts ? ([] as (RecordText | undefined)[]) : undefined;
   const { source } = batch;
   for (let i = 0; i < batch.resources.length; i++) {
     const loc = { source, line: batch.lines[i]! };
@@ -60,6 +68,7 @@ export function mapBatch(batch: Batch, core: RecordCore, ctx: StageContext, drop
     }
     resources.push(output);
     lines.push(loc.line);
+    texts?.push(textOf!(batch.texts![i]));
   }
-  return { source, lines, resources };
+  return texts ? { source, lines, resources, texts } : { source, lines, resources };
 }

@@ -17,7 +17,11 @@
 import { Transform } from 'node:stream';
 import { RecordRejected, UsageError } from '../src/errors.js';
 import { mapBatch, type StageContext } from '../src/stage.js';
-import type { Batch, Resource } from '../src/types.js';
+import { BATCHES_IN_FLIGHT, type Batch, type RecordText, type Resource } from '../src/types.js';
+import { ByteBuilder } from '../src/io/byteBuilder.js';
+import { appendNdjson } from '../src/io/serialize.js';
+import { exportByText, type ExportTextResult } from '../src/deid/exportText.js';
+import { DEFAULT_MAX_LINE_BYTES, lineReader, type RawLines } from './ndjsonSplit.js';
 import { parseCalendarDate, todayUtc, type CalendarDate } from '../src/deid/dates.js';
 import { ExportProfile } from '../src/deid/exportProfile.js';
 import { Pseudonymizer, type IdMode, type KeySource } from '../src/deid/pseudonym.js';
@@ -53,6 +57,20 @@ export interface DeidentifyOptions {
 }
 
 export interface Deidentifier {
+  /**
+   * Whether `editText` can answer (the export profile, without `--explain`,
+   * whose per-path counts need the object walk).
+   */
+  readonly editsText: boolean;
+  /**
+   * The de-identified copy of the record whose JSON text is `text`, as text,
+   * when the profile can tell it from the text alone (`exportByText`):
+   * `JSON.parse` of it equals `deidentify` of `JSON.parse(text)`. Undefined:
+   * parse the text and call `deidentify`. Counts nothing on the report.
+   */
+  editText(text: string): ExportTextResult | undefined;
+  /** `editText`, counted on the report as `deidentify` counts. */
+  deidentifyText(text: string): ExportTextResult | undefined;
   /**
    * The de-identified copy of `resource`. Never modifies `resource`; the
    * copy may share unchanged sub-objects with it (copy-on-write). Throws
@@ -106,9 +124,21 @@ export function createDeidentifier(options: DeidentifyOptions = {}): Deidentifie
     pseudonymisesIds: profile === 'safe-harbor',
     usesKey: profile !== 'redact',
   };
+  const editsText = profile === 'export' && !report.tracksPaths;
+  const editText = (text: string) => (editsText ? exportByText(text) : undefined);
   return {
     report,
     settings,
+    editsText,
+    editText,
+    deidentifyText(text: string): ExportTextResult | undefined {
+      const result = editText(text);
+      if (result === undefined) return undefined;
+      report.beginResource();
+      for (let n = result.removed; n > 0; n--) report.record('', 'display-removed', 'Reference.display');
+      report.endResource();
+      return result;
+    },
     deidentify(resource: Resource): Resource {
       report.beginResource();
       try {
@@ -162,30 +192,118 @@ export function deidentify(resource: Resource, options: DeidentifyOptions = {}):
 }
 
 /**
- * The stream stage: Batches in, de-identified Batches out; rejects go to the
- * run's policy. `mapBatch` over the core, in a Transform that buffers one
- * batch a side rather than Node's 16: an output batch shares unchanged
- * sub-objects with its input, so buffered batches cost twice.
- *
- * Its Batches carry no texts (`mapBatch`), not even for a resource the
- * profile left as it was: the input line may hold what `JSON.parse` never
- * showed the profile (a repeated key keeps only its last value,
+ * The batch de-identified: `mapBatch` over the core. A record leaves with a
+ * text (`Batch.texts`) only when `editText` made it from the record's own
+ * text, never with the text it came with, not even for a resource the
+ * profile left as it was: that text may hold what `JSON.parse` never showed
+ * the profile (a repeated key keeps only its last value,
  * `"subject":{…"display":"Lin, Derrick"}` before a second `"subject"`), and
- * writing the line would let it through.
+ * writing it would let that through. (`editText` refuses such text.)
+ */
+export function deidentifyBatch(batch: Batch, deidentifier: Deidentifier, ctx: StageContext): Batch {
+  const core = (resource: Resource) => deidentifier.deidentify(resource);
+  // A text with pretag's tags spliced in is edited whole, as `hx deid` would edit the line `hx pretag` wrote.
+  const textOf = (text: RecordText | undefined) => (text === undefined ? undefined : deidentifier.editText(text.toString())?.text);
+  return mapBatch(batch, core, ctx, 'dropped', deidentifier.editsText ? textOf : undefined);
+}
+
+/**
+ * The stream stage: Batches in, de-identified Batches out; rejects go to the
+ * run's policy. `deidentifyBatch` in a Transform that buffers one batch a
+ * side rather than Node's 16: an output batch shares unchanged sub-objects
+ * with its input, so buffered batches cost twice.
  */
 export function deidentifyStage(options: Deidentifier | DeidentifyOptions, ctx: StageContext): Transform {
   const deidentifier = 'deidentify' in options ? options : createDeidentifier(options);
-  ctx.account.stage('deid', () => ({ ...deidentifier.settings, toJSON: () => ({ ...deidentifier.settings, ...deidentifier.report.toJSON() }) }));
-  const core = (resource: Resource) => deidentifier.deidentify(resource);
+  registerDeidStats(deidentifier, ctx);
   return new Transform({
     objectMode: true,
     highWaterMark: 1,
     transform(batch: Batch, _encoding, callback) {
       try {
-        callback(null, mapBatch(batch, core, ctx, 'dropped'));
+        callback(null, deidentifyBatch(batch, deidentifier, ctx));
       } catch (err) {
         callback(err as Error);
       }
     },
   });
 }
+
+/** The `stages.deid` entry of the run's account: the settings and the report. */
+export function registerDeidStats(deidentifier: Deidentifier, ctx: StageContext): void {
+  ctx.account.stage('deid', () => ({ ...deidentifier.settings, toJSON: () => ({ ...deidentifier.settings, ...deidentifier.report.toJSON() }) }));
+}
+
+export interface LineOptions {
+  maxLineBytes?: number;
+  unpackBundles?: boolean;
+}
+
+/**
+ * `hx deid` when it is the whole run: NDJSON lines (`RawLines`) straight to
+ * de-identified NDJSON, appended to `out`. A line the profile edits as text
+ * is never parsed (parsing and serialising cost about twice as much); the
+ * others, in runs of consecutive lines, are read as `ndjsonSplit` reads them
+ * (blank lines, Bundles, rejects with their line numbers) and go through
+ * `deidentifyBatch`. The bytes are those of reading the lines into Batches
+ * and serialising `deidentifyBatch` of them.
+ */
+export function deidentifyLines(deidentifier: Deidentifier, options: LineOptions): (raw: RawLines, ctx: StageContext, out: ByteBuilder) => void {
+  const maxLineBytes = options.maxLineBytes ?? DEFAULT_MAX_LINE_BYTES;
+  let reader: { source: string; ctx: StageContext; read: (text: string, firstLine: number) => Batch } | undefined;
+  const readLines = (raw: RawLines, ctx: StageContext, out: ByteBuilder, start: number, end: number, firstLine: number) => {
+    if (reader?.source !== raw.source || reader.ctx !== ctx) {
+      reader = { source: raw.source, ctx, read: lineReader({ ...ctx, ...options, source: raw.source }) };
+    }
+    const batch = deidentifyBatch(reader.read(raw.text.slice(start, end), firstLine), deidentifier, ctx);
+    appendNdjson(out, batch.resources, ctx.account, batch.texts);
+  };
+  return (raw, ctx, out) => {
+    const { text } = raw;
+    let pending = -1; // where the run of lines left to the reader starts
+    let pendingLine = 0;
+    for (let pos = 0, nl = text.indexOf('\n'), line = raw.firstLine; nl >= 0; pos = nl + 1, nl = text.indexOf('\n', pos), line++) {
+      const end = text.charCodeAt(nl - 1) === 0x0d ? nl - 1 : nl;
+      const result = end - pos <= maxLineBytes / 3 ? deidentifier.deidentifyText(text.slice(pos, end)) : undefined;
+      if (result === undefined) {
+        if (pending < 0) [pending, pendingLine] = [pos, line];
+        continue;
+      }
+      if (pending >= 0) readLines(raw, ctx, out, pending, pos, pendingLine);
+      pending = -1;
+      ctx.account.read++;
+      out.append(result.text);
+      out.append(NEWLINE);
+      ctx.account.countWritten(result.resourceType);
+    }
+    if (pending >= 0) readLines(raw, ctx, out, pending, text.length, pendingLine);
+  };
+}
+
+/**
+ * `deidentifyLines` as the run's serializer on one thread: RawLines (and the
+ * Batches of Bundle documents, through `deidentifyBatch`) to NDJSON bytes.
+ */
+export function deidentifyToNdjson(deidentifier: Deidentifier, ctx: StageContext, options: LineOptions): Transform {
+  registerDeidStats(deidentifier, ctx);
+  const lines = deidentifyLines(deidentifier, options);
+  const out = new ByteBuilder(1 << 20);
+  return new Transform({
+    writableObjectMode: true,
+    writableHighWaterMark: BATCHES_IN_FLIGHT,
+    transform(item: RawLines | Batch, _encoding, callback) {
+      try {
+        if ('text' in item) lines(item, ctx, out);
+        else {
+          const batch = deidentifyBatch(item, deidentifier, ctx);
+          appendNdjson(out, batch.resources, ctx.account, batch.texts);
+        }
+        callback(null, out.copy());
+      } catch (err) {
+        callback(err as Error);
+      }
+    },
+  });
+}
+
+const NEWLINE = Buffer.from('\n');

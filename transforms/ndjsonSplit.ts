@@ -75,6 +75,12 @@ export function splitLines(raw: RawLines, options: Omit<SplitOptions, 'source' |
   return new NdjsonSplit({ ...options, source: raw.source }).linesOf(raw.text, raw.firstLine);
 }
 
+/** `splitLines` for many calls on one input: complete lines of `source`, the first numbered `firstLine`. */
+export function lineReader(options: Omit<SplitOptions, 'rawLines'>): (text: string, firstLine: number) => Batch {
+  const split = new NdjsonSplit(options);
+  return (text, firstLine) => split.linesOf(text, firstLine);
+}
+
 /** The core: one JSON text → a resource, or the reason it is not one. */
 export function parseRecord(text: string): Resource | RecordRejected {
   let value: unknown;

@@ -31,13 +31,18 @@ const lines = new ByteBuilder(1 << 20);
  * whole join as UTF-16.)
  */
 export function ndjsonBytes(resources: readonly Resource[], account: Account, texts?: readonly (RecordText | undefined)[]): Buffer {
+  appendNdjson(lines, resources, account, texts);
+  return lines.copy();
+}
+
+/** `ndjsonBytes`, appended to `out`. */
+export function appendNdjson(out: ByteBuilder, resources: readonly Resource[], account: Account, texts?: readonly (RecordText | undefined)[]): void {
   for (let i = 0; i < resources.length; i++) {
     const resource = resources[i]!;
-    appendText(lines, texts?.[i] ?? JSON.stringify(resource));
-    lines.append(NEWLINE);
+    appendText(out, texts?.[i] ?? JSON.stringify(resource));
+    out.append(NEWLINE);
     account.countWritten(resource.resourceType);
   }
-  return lines.copy();
 }
 
 /** Appends `text` to `out`; returns the bytes it took. */

@@ -11,12 +11,16 @@ import type { Location } from '../types.js';
 import { splitLines, type RawLines } from '../../transforms/ndjsonSplit.js';
 import { holdSmoking, type HeldRecord } from '../../transforms/pretag.js';
 import type { EncodedEntries } from '../../transforms/toTransactionBundle.js';
+import { ByteBuilder } from './byteBuilder.js';
 import { ndjsonBytes } from './serialize.js';
 import { buildJob } from './workerJobs.js';
 import type { BatchResult, RejectRow, WorkerSetup } from './workers.js';
 
 const setup = workerData as WorkerSetup;
-const jobs = setup.jobs.map(buildJob);
+const jobs = setup.jobs.map((job) => buildJob(job, { maxLineBytes: setup.maxLineBytes, unpackBundles: setup.unpackBundles }));
+/** The one job's own way with raw lines, when it has one (`JobCore.lines`). */
+const linesJob = jobs.length === 1 ? jobs[0]!.lines : undefined;
+const out = new ByteBuilder(1 << 20);
 
 /** Remembers rejects for the main thread, which applies the run's policy to them in order. */
 class RecordedRejects extends Rejects {
@@ -32,6 +36,11 @@ function run(raw: RawLines): BatchResult {
   account.onWarning = (message) => warnings.push(message);
   const rejects = new RecordedRejects(account);
   const ctx = { account, rejects };
+  if (linesJob) {
+    linesJob(raw, ctx, out);
+    const bytes = ownBuffer(out.copy());
+    return { ...counts(account, rejects, warnings), bytes, held: [] };
+  }
   let batch = splitLines(raw, { ...ctx, maxLineBytes: setup.maxLineBytes, unpackBundles: setup.unpackBundles, keepTexts: true });
   const held: [number, HeldRecord[]][] = [];
   let entries: EncodedEntries | undefined;
@@ -48,10 +57,13 @@ function run(raw: RawLines): BatchResult {
     if (job.encoder) entries = job.encoder.encode(batch, ctx);
   }
   if (entries) entries.bytes = ownBuffer(entries.bytes);
+  const bytes = entries ? undefined : ownBuffer(ndjsonBytes(batch.resources, account, batch.texts));
+  return { ...counts(account, rejects, warnings), bytes, entries, held };
+}
+
+/** What the main thread must count for a batch: call it once the batch's bytes are made (they count what is written). */
+function counts(account: Account, rejects: RecordedRejects, warnings: string[]): Omit<BatchResult, 'bytes' | 'entries' | 'held'> {
   return {
-    bytes: entries ? undefined : ownBuffer(ndjsonBytes(batch.resources, account, batch.texts)),
-    entries,
-    held,
     read: account.read,
     skippedBlank: account.skippedBlank,
     entriesWithoutResource: account.entriesWithoutResource,

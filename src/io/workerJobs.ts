@@ -3,7 +3,9 @@
  * the thread boundary (structured clones: data, no methods). The main thread
  * builds the same cores for the Batches it transforms itself.
  */
-import { createDeidentifier, type DeidentifyOptions } from '../../transforms/deidentify.js';
+import { createDeidentifier, deidentifyBatch, deidentifyLines, type DeidentifyOptions, type LineOptions } from '../../transforms/deidentify.js';
+import type { RawLines } from '../../transforms/ndjsonSplit.js';
+import type { ByteBuilder } from './byteBuilder.js';
 import { newPretagStats, subjectReference, Tagger, takePretagCounts, type PretagCode } from '../../transforms/pretag.js';
 import { EntryEncoder, type EntryOptions } from '../../transforms/toTransactionBundle.js';
 import { CONTRADICTORY, PatientStates } from '../pretag/patientStates.js';
@@ -28,6 +30,12 @@ export interface JobCore {
   core?: RecordCore;
   /** Or the work on whole Batches, which keeps or rewrites their texts itself (pretag's Tagger). */
   map?: (batch: Batch, ctx: StageContext) => Batch;
+  /**
+   * When it is the only job (NDJSON out): the whole work on raw lines,
+   * parsing only what it must (deid's `deidentifyLines`); the result is that
+   * of splitting the lines and `map`.
+   */
+  lines?: (raw: RawLines, ctx: StageContext, out: ByteBuilder) => void;
   /** Encodes each batch as Bundle entries instead of NDJSON. */
   encoder?: EntryEncoder;
   /** Counters to add to the run's stage stats since the last call (then zeroed); structured-cloneable. */
@@ -36,13 +44,17 @@ export interface JobCore {
   report?: () => unknown;
 }
 
-export function buildJob(job: WorkerJob): JobCore {
+export function buildJob(job: WorkerJob, lineOptions: LineOptions = {}): JobCore {
   switch (job.kind) {
     case 'cat':
       return {};
     case 'deid': {
       const deidentifier = createDeidentifier(job.options);
-      return { core: (resource) => deidentifier.deidentify(resource), report: () => deidentifier.report };
+      return {
+        map: (batch, ctx) => deidentifyBatch(batch, deidentifier, ctx),
+        lines: deidentifier.editsText ? deidentifyLines(deidentifier, lineOptions) : undefined,
+        report: () => deidentifier.report,
+      };
     }
     case 'pretag':
       return { ...pretagJob(job.rules, job.states), holds: job.hold };

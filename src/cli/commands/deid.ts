@@ -5,8 +5,11 @@ import type { IdMode, KeySource } from '../../deid/pseudonym.js';
 import { loadZip3Table } from '../../deid/zip3.js';
 import {
   createDeidentifier,
+  deidentifyBatch,
   deidentifyStage,
+  deidentifyToNdjson,
   PROFILES,
+  registerDeidStats,
   type Deidentifier,
   type DeidentifyOptions,
   type Profile,
@@ -15,8 +18,6 @@ import type { Account } from '../../account.js';
 import { Pseudonymizer } from '../../deid/pseudonym.js';
 import type { DeidReport } from '../../deid/report.js';
 import { checkWorkers } from '../../io/workers.js';
-import { mapBatch } from '../../stage.js';
-import type { Resource } from '../../types.js';
 import { withInputOptions, withOutputOptions, withWorkersOption, type InputArgs, type OutputArgs } from '../common.js';
 import { inWorkers, runPlan, type StageCommand, type StagePlan } from '../pipeline.js';
 
@@ -74,15 +75,16 @@ export const deidCommand: CommandModule<object, DeidArgs> = {
       .example('hx deid --profile safe-harbor --key-file key.bin --explain report.tsv -v data.ndjson > deid.ndjson', 'with a review report and the account')
       .example('hx deid --profile safe-harbor --id-mode ms-compat --key-file key.txt a.ndjson', 'ids as Microsoft\'s anonymizer writes them'),
   handler: async (argv) => {
-    const plan = deidPlan(argv);
-    await runPlan(argv, inWorkers([plan], checkWorkers(argv.workers), argv) ?? plan);
+    const { stage, alone } = deidPlans(argv);
+    await runPlan(argv, inWorkers([stage], checkWorkers(argv.workers), argv) ?? alone);
   },
 };
 
 /** As a stage of `hx run`. */
-export const deidStage: StageCommand<DeidArgs> = { command: deidCommand, plan: (argv) => deidPlan(argv) };
+export const deidStage: StageCommand<DeidArgs> = { command: deidCommand, plan: (argv) => deidPlans(argv).stage };
 
-function deidPlan(argv: DeidArgs): StagePlan {
+/** deid as a stage of a run, and as the whole run on one thread (NDJSON lines straight to NDJSON: `deidentifyLines`). */
+function deidPlans(argv: DeidArgs): { stage: StagePlan; alone: StagePlan } {
   const { key = Pseudonymizer.randomKey(), keySource = 'random' } = readKey(argv['key-file']);
   // Workers build their own Deidentifier from these options: the key is drawn here, once, for all of them.
   const options: DeidentifyOptions = {
@@ -107,26 +109,26 @@ function deidPlan(argv: DeidArgs): StagePlan {
     if (account && argv.verbose) process.stderr.write(accountLines(deidentifier, account.rejected));
     if (argv.explain !== undefined) writeExplain(deidentifier, argv.explain, account === undefined);
   };
-  const core = (resource: Resource) => deidentifier.deidentify(resource);
-  return {
-    ignoresTexts: true,
+  const stage: StagePlan = {
+    // The texts that records were read from are what `editText` works on.
+    ignoresTexts: !deidentifier.editsText,
     stages: (ctx) => [deidentifyStage(deidentifier, ctx)],
     // In worker threads: each builds its own Deidentifier from the same options; their reports are added up here.
     parallel: (ctx) => {
-      registerStats(deidentifier, ctx.account);
+      registerDeidStats(deidentifier, ctx);
       return {
         job: { kind: 'deid', options },
-        local: (batch) => mapBatch(batch, core, ctx, 'dropped'),
+        local: (batch) => deidentifyBatch(batch, deidentifier, ctx),
         mergeReport: (report) => mergeReport(deidentifier.report, report as DeidReport),
       };
     },
     finish,
   };
-}
-
-/** The `stages.deid` entry of the account, as `deidentifyStage` registers it. */
-function registerStats(deidentifier: Deidentifier, account: Account): void {
-  account.stage('deid', () => ({ ...deidentifier.settings, toJSON: () => ({ ...deidentifier.settings, ...deidentifier.report.toJSON() }) }));
+  const lineOptions = { maxLineBytes: argv['max-line-bytes'], unpackBundles: argv.unpack };
+  const alone: StagePlan = deidentifier.editsText
+    ? { ignoresTexts: false, rawLines: true, serializer: (ctx) => deidentifyToNdjson(deidentifier, ctx, lineOptions), finish }
+    : stage;
+  return { stage, alone };
 }
 
 /** Adds a worker's counters (a structured clone: fields, no methods) to this thread's report. */
