@@ -149,6 +149,14 @@ describe('resources written as they were read', () => {
         expect(lines[3]).toBe('{"resourceType": "Observation", "id": "o5", "subject": {"reference": "Patient/p1"}, "valueQuantity": {"value": 1.50}}');
       }
     }
+    // A line near --max-line-bytes is edited as text too, on either path (one thread, or the first batch of a
+    // worker run, which the main thread reads into objects).
+    const long = `{"resourceType":"Observation","id":"o6","note":[{"text":"${'x'.repeat(150)}"}],"subject":{"reference":"Patient/p1","display":"Lin"},"valueQuantity":{"value":1.50}}`;
+    const longPath = input([long, long.replace('"o6"', '"o7"')]);
+    for (const workers of ['1', '2']) {
+      const r = await hx(['deid', longPath, '--max-line-bytes', '300', '--workers', workers], { env: { HX_DEID_KEY: 'test key' } });
+      expect(r.stdout.toString()).toBe([long, long.replace('"o6"', '"o7"')].map((l) => l.replace(',"display":"Lin"', '') + '\n').join(''));
+    }
     // Through pretag first, one process or two: the same bytes.
     const pretagged = (await hx(['pretag', path])).stdout;
     const pipe = await hx(['deid', '-'], { stdin: pretagged, env: { HX_DEID_KEY: 'test key' } });

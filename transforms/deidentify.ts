@@ -264,7 +264,10 @@ export function deidentifyLines(deidentifier: Deidentifier, options: LineOptions
     let pendingLine = 0;
     for (let pos = 0, nl = text.indexOf('\n'), line = raw.firstLine; nl >= 0; pos = nl + 1, nl = text.indexOf('\n', pos), line++) {
       const end = text.charCodeAt(nl - 1) === 0x0d ? nl - 1 : nl;
-      const result = end - pos <= maxLineBytes / 3 ? deidentifier.deidentifyText(text.slice(pos, end)) : undefined;
+      const lineText = text.slice(pos, end);
+      // The reader's test for a line over the cap (which it rejects): its exact words, so both paths agree.
+      const overlong = lineText.length > maxLineBytes / 3 && Buffer.byteLength(lineText) > maxLineBytes;
+      const result = overlong ? undefined : deidentifier.deidentifyText(lineText);
       if (result === undefined) {
         if (pending < 0) [pending, pendingLine] = [pos, line];
         continue;

@@ -258,7 +258,10 @@ class ExportTextScanner {
           if (first === 0x72 /* r */ && isString && s.startsWith('reference', keyStart)) reference = s.slice(valueStart + 1, this.i - 1);
           break;
         case 12:
-          if (first === 0x72 /* r */ && isString && s.startsWith('resourceType', keyStart)) resourceType = s.slice(valueStart + 1, this.i - 1);
+          if (first === 0x72 /* r */ && isString && s.startsWith('resourceType', keyStart)) {
+            resourceType = s.slice(valueStart + 1, this.i - 1);
+            if (PERSON_TYPES.has(resourceType)) throw NOT_THIS_WAY; // as soon as it is known (usually the first key)
+          }
           break;
       }
       const c = this.peek();
@@ -270,10 +273,7 @@ class ExportTextScanner {
     }
     this.i++;
     this.keyCount = firstKey;
-    if (resourceType !== undefined) {
-      if (PERSON_TYPES.has(resourceType)) throw NOT_THIS_WAY;
-      if (this.depth === 1) this.topType = resourceType;
-    }
+    if (resourceType !== undefined && this.depth === 1) this.topType = resourceType;
     this.depth--;
     if (displayStart < 0 || coded) return;
     // isPersonReference: by `type` when it is a string, else by the reference's target; none or unknown counts as a person.
