@@ -1,13 +1,12 @@
 #!/bin/sh
-":" //; exec node --max-semi-space-size=4 --heap-growing-percent=10 --expose-gc --liftoff-only "$0" "$@"
+":" //; exec node --max-semi-space-size=8 --heap-growing-percent=10 --expose-gc --liftoff-only "$0" "$@"
 
 // The `hx` command. Run by sh, the line above starts Node on this file with
 // four V8 settings, each measured at about the same speed (README,
-// "Install"): a young generation of 4 MB semi-spaces instead of 16 (peak RSS
-// 17-28 MB lower for every command, more with --workers); an old generation
-// that grows by 10% (or V8's minimum step) between full collections (traced
-// on `hx deid`: one at 15 MB of heap instead of 34, for 8 MB live; peak RSS
-// 101 -> 86 MB); and
+// "Install"): a young generation of 8 MB semi-spaces instead of 16 (peak RSS
+// 11-18 MB lower for every command); an old generation that grows by 10%
+// (or V8's minimum step) between full collections (traced on `hx deid`: one
+// at 15 MB of heap instead of 34, for 8 MB live; peak RSS 101 -> 86 MB); and
 // `gc` exposed, for the two places that ask for a collection (the output
 // bytes of --workers, src/io/workers.ts; the socket buffers of a bulk
 // download, src/util/youngCollection.ts); and WebAssembly compiled by

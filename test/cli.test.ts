@@ -212,7 +212,7 @@ describe('the hx launcher (bin/hx.js)', () => {
     child.stdout.on('data', (c: Buffer) => out.push(c));
     child.stderr.on('data', (c: Buffer) => (err += c));
     const code = await new Promise((resolve) => child.on('close', resolve));
-    expect(err).toBe('flags: ["--max-semi-space-size=4","--heap-growing-percent=10","--expose-gc","--liftoff-only"]\n');
+    expect(err).toBe('flags: ["--max-semi-space-size=8","--heap-growing-percent=10","--expose-gc","--liftoff-only"]\n');
     expect(code).toBe(0);
     expect(Buffer.concat(out).toString()).toBe(`${P('1')}\n`);
   });
