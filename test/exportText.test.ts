@@ -94,6 +94,7 @@ describe('export profile on text', () => {
       obs('"value":1') + 'x',
       obs('"value":1') + '}',
       '{"resourceType":"Observation"',
+      obs('"subject":{"reference":"Patient/p1","__proto__":{"display":"Lin"}}'),
       '{' + '"a":{'.repeat(100) + '}'.repeat(100) + '}',
     ];
     for (const line of refused) expect(exportByText(line), line).toBeUndefined();

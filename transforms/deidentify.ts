@@ -8,11 +8,14 @@
  * - `safe-harbor`: HIPAA Safe Harbor with keyed pseudonyms (src/deid/safeHarbor.ts).
  *
  * The per-record core is `createDeidentifier(options).deidentify` (or the
- * one-shot `deidentify(resource, options)`); the stream stage is
- * `deidentifyStage` (options or a Deidentifier), `mapBatch` over it. No state crosses records except
+ * one-shot `deidentify(resource, options)`), with `editText` beside it for
+ * the export profile on a record's JSON text (src/deid/exportText.ts); the
+ * stream stage is `deidentifyStage` (options or a Deidentifier), and
+ * `deidentifyToNdjson` the whole of `hx deid` on NDJSON lines, which parses
+ * only the lines it cannot edit as text. No state crosses records except
  * bounded caches of HMACs and the report's counters, so the output of a
- * record depends only on the record, the key, the profile and the options:
- * byte-identical whatever the chunking or file split.
+ * record depends only on the record's bytes, the key, the profile and the
+ * options: byte-identical whatever the chunking, file split or thread.
  */
 import { Transform } from 'node:stream';
 import { RecordRejected, UsageError } from '../src/errors.js';

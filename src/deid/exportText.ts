@@ -16,7 +16,8 @@
  *   earlier `"display":"Lin, Derrick"`), and writing it would leak that;
  * - a `resourceType` naming a FHIR type that is not a Bundle, and no object
  *   anywhere whose `resourceType` is a person type (those lose names,
- *   addresses and identifiers: the object path's work).
+ *   addresses and identifiers: the object path's work);
+ * - no member named `__proto__` (see where it is met).
  *
  * Anything else gets `undefined`, and the caller takes the object path
  * (which also gives invalid JSON its proper rejection). The differential
@@ -256,6 +257,8 @@ class ExportTextScanner {
           break;
         case 9:
           if (first === 0x72 /* r */ && isString && s.startsWith('reference', keyStart)) reference = s.slice(valueStart + 1, this.i - 1);
+          // A member named __proto__ is an own member after JSON.parse but a prototype once an object is copied: left to the object path.
+          else if (first === 0x5f /* _ */ && s.startsWith('__proto__', keyStart)) throw NOT_THIS_WAY;
           break;
         case 12:
           if (first === 0x72 /* r */ && isString && s.startsWith('resourceType', keyStart)) {
