@@ -55,6 +55,13 @@ describe('export profile on text', () => {
     expect(textPath(nested)).toBe('{"resourceType":"Basic","author":{"reference":"Patient/p"},"subject":{"reference":"Patient/p"}}');
   });
 
+  it('keeps escapes in strings it does not read, checked as JSON.parse checks them', () => {
+    const escaped = '"note":[{"text":"line one\\nline \\"two\\" \\\\ \\u00e9 \\ud800 \\/"}]';
+    expect(textPath(obs(`${escaped},"subject":{"display":"Lin, \\"D\\"","reference":"Patient/p1"}`))).toBe(obs(`${escaped},"subject":{"reference":"Patient/p1"}`));
+    const narrative = '{"resourceType":"CarePlan","id":"c1","text":{"status":"generated","div":"<div xmlns=\\"http://www.w3.org/1999/xhtml\\">Care Plan</div>"},"subject":{"reference":"Patient/p1","display":"Lin"}}';
+    expect(textPath(narrative)).toBe(narrative.replace(',"display":"Lin"', ''));
+  });
+
   it('keeps the text as it came elsewhere: a decimal keeps its trailing zero, characters beyond ASCII stay as they are', () => {
     const line = obs('"valueQuantity":{"value":1.50,"unit":"mg"},"subject":{"reference":"Patient/p1","display":"Lin"}');
     expect(textPath(line)).toBe(obs('"valueQuantity":{"value":1.50,"unit":"mg"},"subject":{"reference":"Patient/p1"}'));
@@ -69,7 +76,13 @@ describe('export profile on text', () => {
       obs('"subject":{"reference":"Patient/p1","display":"Lin","display":"x"}'),
       // Escapes and control characters.
       obs('"subject":{"reference":"Patient/p1","disp\\u006cay":"Lin"}'),
-      obs('"note":[{"text":"a\\"b"}]'),
+      obs('"subject":{"reference":"Patient\\/p1","display":"Lin"}'),
+      obs('"subject":{"type":"Pati\\u0065nt","display":"Lin"}'),
+      '{"resourceType":"Pati\\u0065nt","id":"p1","name":[{"family":"Lin"}]}',
+      obs('"note":[{"text":"a\\xb"}]'),
+      obs('"note":[{"text":"a\\u12"}]'),
+      obs('"note":[{"text":"a\\u12G4"}]'),
+      obs('"note":[{"text":"a\\"}]'),
       obs('"note":[{"text":"a\tb"}]'),
       // People, anywhere; Bundles; not resources.
       '{"resourceType":"Patient","id":"p1","name":[{"family":"Lin"}]}',
@@ -124,7 +137,8 @@ describe('export profile on text', () => {
     const lines = readFileSync(join(import.meta.dirname, 'fixtures/deid/edge-cases.ndjson'), 'utf8').split('\n').filter(Boolean);
     const generator = new CorpusGenerator(3);
     for (let p = 0; p < 10; p++) for (const r of generator.patient()) lines.push(JSON.stringify(r));
-    const pieces = ['"', ',', ':', '{', '}', '[', ']', ' ', '0', '-', '.', 'e', 'display', '"display":"x",', 'null', '1'];
+    const pieces = ['"', ',', ':', '{', '}', '[', ']', ' ', '0', '-', '.', 'e', 'display', '"display":"x",', 'null', '1', '\\', '\\"', '\\n', '\\u00', '\\u0041'];
+    lines.push(obs('"note":[{"text":"a \\"quoted\\" \\\\ word\\nnext \\u00e9"}],"subject":{"reference":"Patient/p1","display":"Lin"}'));
     let answered = 0;
     for (let n = 0; n < 20_000; n++) {
       let line = lines[Math.floor(next() * lines.length)]!;

@@ -9,8 +9,10 @@
  * It answers only when the answer is certainly the object path's: the text
  * must be strict JSON (the grammar `JSON.parse` accepts) with
  *
- * - no backslash and no control character (so every key and value is its raw
- *   text, and no escape can spell a key differently);
+ * - no control character, and no backslash in a key or in a value the rule
+ *   reads (`resourceType`, `type`, `reference`): each of those is its raw
+ *   text, so no escape can spell a key or a target differently (escapes
+ *   elsewhere, a note's `\n`, are checked and kept as they are);
  * - no key twice in one object: `JSON.parse` keeps the last value of a
  *   repeated key, so the text would hold what the profile never saw (an
  *   earlier `"display":"Lin, Derrick"`), and writing it would leak that;
@@ -36,10 +38,13 @@ export interface ExportTextResult {
 }
 
 /**
- * No backslash and no control character, anywhere. (Anchored and negated: V8
- * runs this twice as fast as a search for the characters.)
+ * No control character, anywhere. (Anchored and negated: V8 runs this twice
+ * as fast as a search for the characters.)
  */
-const PLAIN = /^[^\u0000-\u001f\\]*$/;
+const NO_CONTROL = /^[^\u0000-\u001f]*$/;
+/** What may follow a backslash in a JSON string (`u` is checked apart). */
+const SIMPLE_ESCAPE = /["\\/bfnrt]/;
+const HEX4 = /^[0-9A-Fa-f]{4}$/;
 const RESOURCE_TYPE = /^[A-Z][A-Za-z]{0,63}$/;
 /** Deeper than any FHIR resource; deeper text takes the object path. */
 const MAX_DEPTH = 64;
@@ -62,13 +67,17 @@ const NOT_THIS_WAY = new NotThisWay();
  * do it (see the module comment). `line` is one JSON text, nothing around it.
  */
 export function exportByText(line: string): ExportTextResult | undefined {
-  if (line.charCodeAt(0) !== OPEN_BRACE || !PLAIN.test(line)) return undefined;
+  if (line.charCodeAt(0) !== OPEN_BRACE || !NO_CONTROL.test(line)) return undefined;
   return scanner.run(line);
 }
 
 class ExportTextScanner {
   private s = '';
   private i = 0;
+  /** Where the next backslash is (at or after a position already passed, or the line's length): a string before it ends at the next quote. */
+  private backslash = 0;
+  /** Whether the last string read held one. */
+  private escaped = false;
   private depth = 0;
   /** Keys of the objects open on the path to the current one, as [start, end) pairs, flat: `keys[0, keyCount)`. */
   private readonly keys: number[] = [];
@@ -81,6 +90,7 @@ class ExportTextScanner {
   run(line: string): ExportTextResult | undefined {
     this.s = line;
     this.i = 0;
+    this.backslash = -1;
     this.depth = 0;
     this.keyCount = 0;
     this.cutCount = 0;
@@ -140,11 +150,45 @@ class ExportTextScanner {
     else this.number();
   }
 
-  /** At a quote: past the closing one. (No backslash in the line: the next quote closes it.) */
+  /** At a quote: past the closing one, checking the escapes on the way (`escaped` says whether there were any). */
   private string(): void {
-    const end = this.s.indexOf('"', this.i + 1);
+    const s = this.s;
+    const end = s.indexOf('"', this.i + 1);
     if (end < 0) throw NOT_THIS_WAY;
-    this.i = end + 1;
+    this.escaped = false;
+    if (this.backslash < this.i) {
+      const next = s.indexOf('\\', this.i);
+      this.backslash = next < 0 ? s.length : next;
+    }
+    if (this.backslash > end) {
+      this.i = end + 1;
+      return;
+    }
+    // Escapes inside: each backslash takes the character after it (so `\"` does not close the string).
+    this.escaped = true;
+    let i = this.i + 1;
+    for (;;) {
+      const quote = s.indexOf('"', i);
+      const backslash = s.indexOf('\\', i);
+      if (quote < 0) throw NOT_THIS_WAY;
+      if (backslash < 0 || quote < backslash) {
+        this.i = quote + 1;
+        return;
+      }
+      const c = s[backslash + 1] ?? '';
+      if (c === 'u') {
+        if (!HEX4.test(s.slice(backslash + 2, backslash + 6))) throw NOT_THIS_WAY;
+        i = backslash + 6;
+      } else if (SIMPLE_ESCAPE.test(c)) {
+        i = backslash + 2;
+      } else throw NOT_THIS_WAY;
+    }
+  }
+
+  /** The string value just read (its quote at `start`), which the rule reads: refused if it holds an escape. */
+  private readValue(start: number): string {
+    if (this.escaped) throw NOT_THIS_WAY;
+    return this.s.slice(start + 1, this.i - 1);
   }
 
   private literal(word: string): void {
@@ -221,6 +265,7 @@ class ExportTextScanner {
       const keyQuote = this.i; // at the key's quote (checked before the loop and at each comma)
       const keyStart = keyQuote + 1;
       this.string();
+      if (this.escaped) throw NOT_THIS_WAY; // a key compared by its raw text
       const keyEnd = this.i - 1;
       const keyLength = keyEnd - keyStart;
       const keyCount = this.keyCount;
@@ -243,7 +288,7 @@ class ExportTextScanner {
       switch (keyLength) {
         case 4:
           if (first === 0x63 /* c */ && s.startsWith('code', keyStart)) coded = true;
-          else if (first === 0x74 /* t */ && isString && s.startsWith('type', keyStart)) type = s.slice(valueStart + 1, this.i - 1);
+          else if (first === 0x74 /* t */ && isString && s.startsWith('type', keyStart)) type = this.readValue(valueStart);
           break;
         case 6:
           if (first === 0x73 /* s */ && s.startsWith('system', keyStart)) coded = true;
@@ -256,13 +301,13 @@ class ExportTextScanner {
           }
           break;
         case 9:
-          if (first === 0x72 /* r */ && isString && s.startsWith('reference', keyStart)) reference = s.slice(valueStart + 1, this.i - 1);
+          if (first === 0x72 /* r */ && isString && s.startsWith('reference', keyStart)) reference = this.readValue(valueStart);
           // A member named __proto__ is an own member after JSON.parse but a prototype once an object is copied: left to the object path.
           else if (first === 0x5f /* _ */ && s.startsWith('__proto__', keyStart)) throw NOT_THIS_WAY;
           break;
         case 12:
           if (first === 0x72 /* r */ && isString && s.startsWith('resourceType', keyStart)) {
-            resourceType = s.slice(valueStart + 1, this.i - 1);
+            resourceType = this.readValue(valueStart);
             if (PERSON_TYPES.has(resourceType)) throw NOT_THIS_WAY; // as soon as it is known (usually the first key)
           }
           break;
