@@ -3,7 +3,8 @@
  * its line's bytes, with the decimal precision and escapes a JSON round trip
  * would lose. A resource that a stage changed is serialised afresh, except
  * where the change is spliced into its text (pretag's tags, when the resource
- * had no extension).
+ * had no extension) or cut out of it (deid's export profile: see
+ * src/deid/exportText.ts).
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';

@@ -75,7 +75,7 @@ class ExportTextScanner {
   private s = '';
   private i = 0;
   /** Where the next backslash is (at or after a position already passed, or the line's length): a string before it ends at the next quote. */
-  private backslash = 0;
+  private backslash = -1;
   /** Whether the last string read held one. */
   private escaped = false;
   private depth = 0;
