@@ -24,7 +24,7 @@ import { BATCHES_IN_FLIGHT, type Batch, type RecordText, type Resource } from '.
 import { ByteBuilder } from '../src/io/byteBuilder.js';
 import { appendNdjson } from '../src/io/serialize.js';
 import { exportByText, type ExportTextResult } from '../src/deid/exportText.js';
-import { DEFAULT_MAX_LINE_BYTES, lineReader, type RawLines } from './ndjsonSplit.js';
+import { DEFAULT_MAX_LINE_BYTES, isOverlong, lineReader, type RawLines } from './ndjsonSplit.js';
 import { parseCalendarDate, todayUtc, type CalendarDate } from '../src/deid/dates.js';
 import { ExportProfile } from '../src/deid/exportProfile.js';
 import { Pseudonymizer, type IdMode, type KeySource } from '../src/deid/pseudonym.js';
@@ -268,9 +268,8 @@ export function deidentifyLines(deidentifier: Deidentifier, options: LineOptions
     for (let pos = 0, nl = text.indexOf('\n'), line = raw.firstLine; nl >= 0; pos = nl + 1, nl = text.indexOf('\n', pos), line++) {
       const end = text.charCodeAt(nl - 1) === 0x0d ? nl - 1 : nl;
       const lineText = text.slice(pos, end);
-      // The reader's test for a line over the cap (which it rejects): its exact words, so both paths agree.
-      const overlong = lineText.length > maxLineBytes / 3 && Buffer.byteLength(lineText) > maxLineBytes;
-      const result = overlong ? undefined : deidentifier.deidentifyText(lineText);
+      // A line over the cap is the reader's to reject, by the same test.
+      const result = isOverlong(lineText, maxLineBytes) ? undefined : deidentifier.deidentifyText(lineText);
       if (result === undefined) {
         if (pending < 0) [pending, pendingLine] = [pos, line];
         continue;

@@ -75,6 +75,11 @@ export function splitLines(raw: RawLines, options: Omit<SplitOptions, 'source' |
   return new NdjsonSplit({ ...options, source: raw.source }).linesOf(raw.text, raw.firstLine);
 }
 
+/** Whether a line's UTF-8 exceeds `maxBytes` (measured only when its length says it might: a character takes at most 3 bytes). */
+export function isOverlong(line: string, maxBytes: number): boolean {
+  return line.length > maxBytes / 3 && Buffer.byteLength(line) > maxBytes;
+}
+
 /** `splitLines` for many calls on one input: complete lines of `source`, the first numbered `firstLine`. */
 export function lineReader(options: Omit<SplitOptions, 'rawLines'>): (text: string, firstLine: number) => Batch {
   const split = new NdjsonSplit(options);
@@ -424,7 +429,7 @@ class NdjsonSplit extends Transform {
     }
     this.afterDocument = false;
     const line = text.slice(start, end);
-    if (line.length > this.maxBytes / 3 && Buffer.byteLength(line) > this.maxBytes) {
+    if (isOverlong(line, this.maxBytes)) {
       this.records.reject(this.lineNo, `line longer than ${this.maxBytes} bytes`, () => undefined);
       return;
     }
