@@ -34,7 +34,11 @@ function corpus(patients: number): string {
     lines.push(JSON.stringify({
       resourceType: 'Patient', id: pid,
       text: { status: 'generated', div: `<div xmlns="http://www.w3.org/1999/xhtml">${name}, ${street}</div>` },
-      extension: [{ url: 'http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName', valueString: pick(FAMILY, i + 2) }],
+      extension: [
+        { url: 'http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName', valueString: pick(FAMILY, i + 2) },
+        // an allowed extension whose contents carry PHI: a free-text sub-extension, an unknown nested one
+        { url: 'http://hl7.org/fhir/us/core/StructureDefinition/us-core-race', extension: [{ url: 'text', valueString: name }, { url: 'http://example.org/x', valueString: pick(FAMILY, i + 5) }] },
+      ],
       identifier: [{ type: { text: 'MRN' }, system: 'http://hospital.example/mrn', value: mrn }, { system: 'http://hl7.org/fhir/sid/us-ssn', value: `${mrn}-ssn` }],
       name: [{ family, given: [given], text: name }],
       telecom: [{ system: 'phone', value: phone }, { system: 'email', value: email }],
@@ -56,7 +60,8 @@ function corpus(patients: number): string {
     }));
     lines.push(JSON.stringify({
       resourceType: 'Condition', id: `cond-${i}`, subject,
-      code: { coding: [{ system: 'http://snomed.info/sct', code: pick(SNOMED, i), display: 'Condition' }] },
+      code: { coding: [{ system: 'http://snomed.info/sct', code: pick(SNOMED, i), display: 'Condition' }], text: `as told by ${name}` },
+      severity: { text: `mild; reach at ${email}` },
       onsetDateTime: '2019-05-06', note: [{ text: `${given} reports symptoms` }],
       evidence: [{ detail: [{ reference: `Observation/obs-${i}`, display: `${name} lab` }] }],
     }));

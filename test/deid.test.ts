@@ -243,11 +243,50 @@ describe('safe-harbor profile', () => {
     });
   });
 
-  it('keeps codes and their displays, quantities and CodeableConcept text', () => {
+  it('keeps codes and their displays, quantities and CodeableConcept text that names the concept', () => {
     expect(obs.code).toEqual(read('observation.json').code);
-    expect(obs.valueCodeableConcept).toEqual(read('observation.json').valueCodeableConcept);
+    expect(obs.valueCodeableConcept.coding).toEqual(read('observation.json').valueCodeableConcept.coding);
     expect(obs.component).toEqual(read('observation.json').component);
-    expect(patient.maritalStatus.coding[0].display).toBe('Married');
+    expect(patient.maritalStatus).toEqual(read('patient.json').maritalStatus);
+    expect(patient.identifier[1].type.text).toBe('Social Security Number'); // no display to compare with
+  });
+
+  it("masks a CodeableConcept's text that is not one of its codings' displays, or holds contact details", () => {
+    const coding = [{ system: 'http://snomed.info/sct', code: '8517006', display: 'Ex-smoker (finding)' }];
+    const out = run('safe-harbor', {
+      resourceType: 'Observation',
+      code: { coding: [{ system: 'http://loinc.org', code: '72166-2', display: 'Tobacco smoking status' }], text: ' tobacco SMOKING status ' },
+      valueCodeableConcept: { coding, text: 'quit in May, per his wife Mary' },
+      interpretation: [{ coding: [{ system: 'x', code: 'H' }], text: 'High' }, { text: 'call 620-555-0143' }, { text: 'see mary@example.org' }, { text: 'Abnormal' }],
+      bodySite: { text: 'SSN 123-45-6789' },
+    });
+    expect(out.code.text).toBe(' tobacco SMOKING status ');
+    expect(out.valueCodeableConcept).toEqual({ coding, _text: MASKED });
+    expect(out.interpretation).toEqual([{ coding: [{ system: 'x', code: 'H' }], text: 'High' }, { _text: MASKED }, { _text: MASKED }, { text: 'Abnormal' }]);
+    expect(out.bodySite).toEqual({ _text: MASKED });
+  });
+
+  it('walks the extensions it keeps: free text in them is masked, dates cut, unknown nested extensions dropped', () => {
+    const race = 'http://hl7.org/fhir/us/core/StructureDefinition/us-core-race';
+    const dar = 'http://hl7.org/fhir/StructureDefinition/data-absent-reason';
+    const omb = { url: 'ombCategory', valueCoding: { system: 'urn:oid:2.16.840.1.113883.6.238', code: '2106-3', display: 'White' } };
+    const d = createDeidentifier({ profile: 'safe-harbor', ...GOLDEN_OPTIONS });
+    const out = d.deidentify({
+      resourceType: 'Patient',
+      id: 'p',
+      extension: [
+        { url: race, extension: [omb, { url: 'text', valueString: 'John Smith' }, { url: 'http://example.org/secret', valueString: '123-45-6789' }] },
+        { url: dar, valueString: 'lives at 12 Oak St', extension: [{ url: 'when', valueDateTime: '2020-03-04T05:06:07Z' }] },
+        { url: 'when', valueString: 'a relative URL names a sub-extension only inside a kept extension' },
+      ],
+      modifierExtension: [{ url: dar, valueCode: 'unknown', extension: [{ url: 'note', valueString: 'Jane' }] }],
+    }) as any;
+    expect(out.extension).toEqual([
+      { url: race, extension: [omb, { url: 'text', _valueString: MASKED }] },
+      { url: dar, _valueString: MASKED, extension: [{ url: 'when', valueDateTime: '2020' }] },
+    ]);
+    expect(out.modifierExtension).toEqual([{ url: dar, valueCode: 'unknown', extension: [{ url: 'note', _valueString: MASKED }] }]);
+    expect(d.report.toJSON().extensionsDropped).toEqual({ 'http://example.org/secret': 1, when: 1 });
   });
 
   it('masks Reference.display and pseudonymises every reference form consistently', () => {

@@ -50,7 +50,7 @@ export const PERSON_TYPES: ReadonlySet<string> = new Set(['Patient', 'Person', '
 
 /**
  * Free-text string elements: removed (and marked) wherever they appear.
- * `text` is handled apart (kept in a CodeableConcept, where it names a code).
+ * `text` is handled apart (in a CodeableConcept it may name the concept: see SafeHarbor.conceptText).
  */
 export const FREE_TEXT_KEYS: ReadonlySet<string> = new Set([
   'comment', 'comments', 'description', 'note', 'valueString', 'valueMarkdown', 'valueUrl', 'valueUri',
@@ -113,7 +113,7 @@ export function isCodingShape(shape: number): boolean {
   return (shape & (Shape.Code | Shape.System)) !== 0 && (shape & Shape.Reference) === 0;
 }
 
-/** A CodeableConcept (only `coding`, `text`, `id`, `extension`): its `text` names the concept and is kept. */
+/** A CodeableConcept (only `coding`, `text`, `id`, `extension`): its `text` may name the concept. */
 export function isCodeableConceptShape(shape: number): boolean {
   return (shape & Shape.AllCodeableConcept) !== 0;
 }

@@ -64,6 +64,8 @@ const enum Kind {
   Meta,
   Request,
   Response,
+  /** An extension that is kept: its sub-extensions (relative URLs) are its own. */
+  Extension,
 }
 
 /** Bits of what was done to one resource, for its meta.security labels. */
@@ -73,6 +75,8 @@ const PSEUDED = 4;
 
 /** Free text (a space or line break), an e-mail address, a phone or social security number. */
 const FREE_TEXT_OR_CONTACT = /\s|@|^\+?\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4}$|^\d{3}-\d{2}-\d{4}$/;
+/** An e-mail address, a phone or social security number anywhere in a text. */
+const CONTACT_IN_TEXT = /@|\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4}|\d{3}-\d{2}-\d{4}/;
 
 export class SafeHarbor {
   private readonly path: string[] = [];
@@ -123,7 +127,7 @@ export class SafeHarbor {
       const value = obj[key];
       // The extensions of a primitive that was removed go with it.
       if (out !== undefined && key.charCodeAt(0) === 95 && (out[key] === MASKED || out[key] === MASKED_LIST)) continue;
-      const result = this.member(shape, key, value, kind);
+      const result = this.member(obj, shape, key, value, kind);
       if (result === value && out === undefined) continue;
       out ??= copyBefore(obj, key);
       if (result === REMOVE) continue;
@@ -134,9 +138,10 @@ export class SafeHarbor {
     return out ?? obj;
   }
 
-  private member(parent: number, key: string, value: unknown, kind: Kind): unknown {
+  /** `owner`: the object `key` is a member of (`parent` is its shape). */
+  private member(owner: Json, parent: number, key: string, value: unknown, kind: Kind): unknown {
     if (value === null || typeof value !== 'object') {
-      return typeof value === 'string' ? this.string(parent, key, value, kind) : value;
+      return typeof value === 'string' ? this.string(owner, parent, key, value, kind) : value;
     }
     // An object-valued `text` is a Narrative (a CodeableConcept's text is a string).
     if (key === 'text' && !Array.isArray(value)) return this.remove(key, 'Narrative');
@@ -146,9 +151,9 @@ export class SafeHarbor {
     }
     switch (key) {
       case 'extension':
-        return this.extensions(value);
+        return this.extensions(value, kind === Kind.Extension);
       case 'modifierExtension':
-        return this.modifierExtensions(value);
+        return this.modifierExtensions(value, kind === Kind.Extension);
       case 'name':
         return this.maskElement(key, 'HumanName');
       case 'telecom':
@@ -175,7 +180,7 @@ export class SafeHarbor {
         break;
     }
     if (isIdentifierKey(key)) return this.typed(key, value, Kind.Identifier);
-    if (Array.isArray(value)) return this.array(parent, key, value, kind);
+    if (Array.isArray(value)) return this.array(owner, parent, key, value, kind);
     return this.objectValue(key, value as Json);
   }
 
@@ -208,14 +213,14 @@ export class SafeHarbor {
     return out !== obj && isEmpty(out) ? REMOVE : out;
   }
 
-  private array(parent: number, key: string, arr: unknown[], kind: Kind): unknown {
+  private array(owner: Json, parent: number, key: string, arr: unknown[], kind: Kind): unknown {
     let out: unknown[] | undefined;
     for (let i = 0; i < arr.length; i++) {
       const item = arr[i];
       let result: unknown = item;
       if (item !== null && typeof item === 'object') result = this.objectValue(key, item as Json);
       else if (typeof item === 'string') {
-        result = this.string(parent, key, item, kind);
+        result = this.string(owner, parent, key, item, kind);
         if (result === MASK) return MASK; // a repeating primitive goes as a whole
       }
       if (result === item && out === undefined) continue;
@@ -250,7 +255,7 @@ export class SafeHarbor {
     return out;
   }
 
-  private string(parent: number, key: string, value: string, kind: Kind): unknown {
+  private string(owner: Json, parent: number, key: string, value: string, kind: Kind): unknown {
     switch (kind) {
       case Kind.Root:
         if (key === 'id') return this.pseudonymise(key, this.config.pseudonyms.id(value), value);
@@ -289,7 +294,7 @@ export class SafeHarbor {
       case 'display':
         return isCodingShape(parent) ? value : this.mask(key, 'Reference.display');
       case 'text':
-        return isCodeableConceptShape(parent) ? value : this.mask(key, 'free text');
+        return isCodeableConceptShape(parent) ? this.conceptText(owner, value) : this.mask(key, 'free text');
     }
     switch (stringKind(key)) {
       case StringKind.Code:
@@ -304,6 +309,32 @@ export class SafeHarbor {
     if (looksLikeDate(value)) return this.date(key, value, kind, false);
     if (FREE_TEXT_OR_CONTACT.test(value)) return this.mask(key, 'free text');
     return value;
+  }
+
+  /**
+   * A CodeableConcept's `text`: kept when it names the concept, which is
+   * certain when it is one of its codings' displays (spelt the same but for
+   * case and outer spaces). When the codings have displays and the text says
+   * something else, it may be anything a person typed ("never smoker, per his
+   * wife Mary"): masked, the codes and their displays keep the meaning. With
+   * no display to compare with, the text is the only name of the concept
+   * ("MRN", "Blood pressure"): kept, unless it holds an e-mail address, a
+   * phone or a social security number.
+   */
+  private conceptText(concept: Json, text: string): unknown {
+    const codings = concept.coding;
+    let displayed = false;
+    if (Array.isArray(codings)) {
+      const wanted = text.trim().toLowerCase();
+      for (const coding of codings) {
+        const display = (coding as Json | null)?.display;
+        if (typeof display !== 'string') continue;
+        if (display.trim().toLowerCase() === wanted) return text;
+        displayed = true;
+      }
+    }
+    if (displayed) return this.mask('text', "CodeableConcept.text (not a coding's display)");
+    return CONTACT_IN_TEXT.test(text) ? this.mask('text', 'CodeableConcept.text (contact details)') : text;
   }
 
   private date(key: string, value: string, kind: Kind, byName: boolean): unknown {
@@ -352,25 +383,35 @@ export class SafeHarbor {
     return out;
   }
 
-  private extensions(value: unknown): unknown {
-    if (!Array.isArray(value)) return this.mask('extension', 'unexpected value');
+  /**
+   * Extensions on the allow-list are kept and walked like any element (a
+   * `valueString` in one is free text as anywhere else); so are the
+   * sub-extensions of a kept one (relative URLs, `inKept`). Others are
+   * dropped and counted by URL.
+   */
+  private extensions(value: unknown, inKept: boolean, key = 'extension'): unknown {
+    if (!Array.isArray(value)) return this.mask(key, 'unexpected value');
     let out: unknown[] | undefined;
     for (let i = 0; i < value.length; i++) {
       const ext = value[i] as Json | null;
-      if (ext !== null && typeof ext === 'object' && ALLOWED_EXTENSIONS.has(ext.url as string)) {
-        out?.push(ext);
-        continue;
+      let result: unknown = REMOVE;
+      if (isKeptExtension(ext, inKept)) result = this.descend(key, ext as Json, Kind.Extension);
+      else {
+        this.report.extensionDropped(ext?.url);
+        this.record(key, 'extension-dropped', REDACTED);
       }
+      if (result === ext && out === undefined) continue;
       out ??= value.slice(0, i);
-      this.report.extensionDropped(ext?.url);
-      this.record('extension', 'extension-dropped', REDACTED);
+      if (result !== REMOVE) out.push(result);
     }
     if (out === undefined) return value;
     return out.length > 0 ? out : REMOVE;
   }
 
-  private modifierExtensions(value: unknown): unknown {
-    if (Array.isArray(value) && value.every((ext) => ALLOWED_EXTENSIONS.has((ext as Json | null)?.url as string))) return value;
+  private modifierExtensions(value: unknown, inKept: boolean): unknown {
+    if (Array.isArray(value) && value.every((ext) => isKeptExtension(ext as Json | null, inKept))) {
+      return this.extensions(value, inKept, 'modifierExtension');
+    }
     throw new RecordRejected(`${this.pathOf('modifierExtension')}: unknown modifier extension (its meaning cannot be kept)`);
   }
 
@@ -412,6 +453,13 @@ function patientOf(res: Json): string | undefined {
     }
   }
   return undefined;
+}
+
+/** An extension safe-harbor keeps: on the allow-list, or a sub-extension (relative URL) of one it keeps. */
+function isKeptExtension(ext: Json | null, inKept: boolean): boolean {
+  if (ext === null || typeof ext !== 'object' || Array.isArray(ext)) return false;
+  const url = ext.url;
+  return typeof url === 'string' && (ALLOWED_EXTENSIONS.has(url) || (inKept && url.length > 0 && !url.includes(':')));
 }
 
 function isEmpty(obj: Json): boolean {
