@@ -322,6 +322,21 @@ describe('safe-harbor profile', () => {
     expect(fmh!._name).toEqual(MASKED);
   });
 
+  it('masks every choice element of type string or markdown: an age, a birth year or a name in free text', () => {
+    const out = run('safe-harbor', {
+      resourceType: 'FamilyMemberHistory',
+      ageString: 'about95',
+      bornString: '1920',
+      deceasedString: 'JohnSmithSr',
+      condition: [{ code: { text: 'x' }, onsetString: 'age94', note: [{ text: 'y' }] }],
+      extension: [{ url: 'http://hl7.org/fhir/StructureDefinition/data-absent-reason', valueMarkdown: '**Jane**' }],
+    });
+    expect(out).toMatchObject({ _ageString: MASKED, _bornString: MASKED, _deceasedString: MASKED });
+    expect(out.condition[0]._onsetString).toEqual(MASKED);
+    expect(out.extension[0]._valueMarkdown).toEqual(MASKED);
+    expect(JSON.stringify(out)).not.toMatch(/95|1920|John|age94|Jane/);
+  });
+
   it('ZIP edge cases: restricted prefixes, ZIP+4, 9 digits, too short, not US', () => {
     const old1 = run('safe-harbor', readLines('edge-cases.ndjson')[0]!);
     expect(old1.address).toEqual([

@@ -61,6 +61,15 @@ export const FREE_TEXT_KEYS: ReadonlySet<string> = new Set([
   'address',
 ]);
 
+/**
+ * A free-text element: listed, or a choice element of type string or
+ * markdown (`onsetString`, `ageString`, `bornString`, `deceasedString` …:
+ * "about 95", "1920", a relative's name).
+ */
+export function isFreeTextKey(key: string): boolean {
+  return FREE_TEXT_KEYS.has(key) || (key.length > 6 && key.endsWith('String')) || (key.length > 8 && key.endsWith('Markdown'));
+}
+
 /** Strings that are identifiers of a person or device without being an Identifier. */
 export const IDENTIFIER_STRING_KEYS: ReadonlySet<string> = new Set([
   'serialNumber', 'subscriberId', 'preAuthRef', 'distinctIdentifier', 'carrierHRF', 'carrierAIDC', 'deviceIdentifier',
@@ -266,7 +275,7 @@ export function stringKind(key: string): StringKind {
   if (kind === undefined) {
     kind = CODE_KEYS.has(key)
       ? StringKind.Code
-      : FREE_TEXT_KEYS.has(key)
+      : isFreeTextKey(key)
         ? StringKind.FreeText
         : IDENTIFIER_STRING_KEYS.has(key)
           ? StringKind.IdentifierString
