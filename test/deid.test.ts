@@ -337,6 +337,25 @@ describe('safe-harbor profile', () => {
     expect(JSON.stringify(out)).not.toMatch(/95|1920|John|age94|Jane/);
   });
 
+  it("masks a string name where it may be a person's, user ids, DICOM UIDs and audited queries", () => {
+    const account = run('safe-harbor', { resourceType: 'Account', id: 'a', name: 'SMITH,JOHN', status: 'active' });
+    expect(account).toMatchObject({ _name: MASKED, status: 'active' });
+    const group = run('safe-harbor', { resourceType: 'Group', id: 'g', name: 'Smiths', type: 'person', actual: true });
+    expect(group._name).toEqual(MASKED);
+    const audit = run('safe-harbor', {
+      resourceType: 'AuditEvent',
+      agent: [{ name: 'jsmith', altId: 'js0042', requestor: true }],
+      entity: [{ query: 'bmFtZT1zbWl0aA==', name: 'x' }],
+    });
+    expect(audit.agent[0]).toEqual({ _name: MASKED, _altId: MASKED, requestor: true });
+    expect(audit.entity[0]).toEqual({ _query: MASKED, _name: MASKED });
+    const study = run('safe-harbor', { resourceType: 'ImagingStudy', series: [{ uid: '2.16.124.113543.6003.1154777499', instance: [{ uid: '2.16.124.113543.6003.2' }] }] });
+    expect(study.series[0]).toEqual({ _uid: MASKED, instance: [{ _uid: MASKED }] });
+    // a place's or a definition's name stays (as any string: masked when it has a space)
+    expect(run('safe-harbor', { resourceType: 'Organization', name: 'Mercy' }).name).toBe('Mercy');
+    expect(run('safe-harbor', { resourceType: 'ActivityDefinition', name: 'FluShot' }).name).toBe('FluShot');
+  });
+
   it('ZIP edge cases: restricted prefixes, ZIP+4, 9 digits, too short, not US', () => {
     const old1 = run('safe-harbor', readLines('edge-cases.ndjson')[0]!);
     expect(old1.address).toEqual([

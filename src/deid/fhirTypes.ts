@@ -57,6 +57,8 @@ export const FREE_TEXT_KEYS: ReadonlySet<string> = new Set([
   'valueBase64Binary', 'contentString', 'authorString', 'summary', 'conclusion', 'patientInstruction',
   'title', 'alias', 'sourceString', 'answerString', 'data', 'ifNoneExist', 'ifMatch', 'ifNoneMatch', 'ifModifiedSince',
   'outcomeString', 'reasonString', 'detailString', 'sourceUri', 'div',
+  // AuditEvent.entity.query: a search, base64, whose parameters may be a name
+  'query',
   // a string `address` is a URL (Endpoint) or a network address (AuditEvent)
   'address',
 ]);
@@ -74,7 +76,26 @@ export function isFreeTextKey(key: string): boolean {
 export const IDENTIFIER_STRING_KEYS: ReadonlySet<string> = new Set([
   'serialNumber', 'subscriberId', 'preAuthRef', 'distinctIdentifier', 'carrierHRF', 'carrierAIDC', 'deviceIdentifier',
   'accountNumber', 'policyNumber',
+  // a DICOM UID (ImagingStudy series and instances), a user's other id (AuditEvent.agent.altId)
+  'uid', 'altId',
 ]);
+
+/**
+ * Resource types whose string `name` names a place, an organisation, a
+ * device or a definition, never a person. Elsewhere a string `name` may be
+ * one (`Account.name` is often the guarantor's "SMITH,JOHN", `Group.name` a
+ * family's, `AuditEvent.agent.name` a user's) and safe-harbor masks it.
+ */
+const NAMES_NO_PERSON: ReadonlySet<string> = new Set([
+  'Organization', 'Location', 'HealthcareService', 'Endpoint', 'InsurancePlan', 'Device', 'CodeSystem', 'ValueSet',
+  'ConceptMap', 'NamingSystem', 'CapabilityStatement', 'TerminologyCapabilities', 'StructureMap', 'ImplementationGuide',
+  'Questionnaire', 'Library', 'Measure', 'SearchParameter', 'TestScript', 'ExampleScenario', 'EvidenceVariable', 'Evidence',
+]);
+
+/** Whether a string `name` in a resource of this type may be a person's (see NAMES_NO_PERSON; `*Definition` types never). */
+export function mayNamePerson(resourceType: string): boolean {
+  return !NAMES_NO_PERSON.has(resourceType) && !resourceType.endsWith('Definition');
+}
 
 /** Coded or structural strings, kept as they are (never free text, never a date). */
 export const CODE_KEYS: ReadonlySet<string> = new Set([

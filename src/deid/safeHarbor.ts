@@ -26,6 +26,7 @@ import {
   isIdentifierKey,
   isInstantKey,
   mayBeQuantity,
+  mayNamePerson,
   quantityYears,
   shapeOf,
   stringKind,
@@ -295,6 +296,9 @@ export class SafeHarbor {
         return isCodingShape(parent) ? value : this.mask(key, 'Reference.display');
       case 'text':
         return isCodeableConceptShape(parent) ? this.conceptText(owner, value) : this.mask(key, 'free text');
+      case 'name':
+        if (mayNamePerson(this.resourceType)) return this.mask(key, 'name (string)');
+        break;
     }
     switch (stringKind(key)) {
       case StringKind.Code:
