@@ -354,6 +354,7 @@ describe('safe-harbor profile', () => {
     // a place's or a definition's name stays (as any string: masked when it has a space)
     expect(run('safe-harbor', { resourceType: 'Organization', name: 'Mercy' }).name).toBe('Mercy');
     expect(run('safe-harbor', { resourceType: 'ActivityDefinition', name: 'FluShot' }).name).toBe('FluShot');
+    expect(run('safe-harbor', { resourceType: 'Parameters', parameter: [{ name: 'patient', valueString: 'Jane' }] }).parameter).toEqual([{ name: 'patient', _valueString: MASKED }]);
   });
 
   it('ZIP edge cases: restricted prefixes, ZIP+4, 9 digits, too short, not US', () => {

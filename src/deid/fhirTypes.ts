@@ -90,6 +90,7 @@ const NAMES_NO_PERSON: ReadonlySet<string> = new Set([
   'Organization', 'Location', 'HealthcareService', 'Endpoint', 'InsurancePlan', 'Device', 'CodeSystem', 'ValueSet',
   'ConceptMap', 'NamingSystem', 'CapabilityStatement', 'TerminologyCapabilities', 'StructureMap', 'ImplementationGuide',
   'Questionnaire', 'Library', 'Measure', 'SearchParameter', 'TestScript', 'ExampleScenario', 'EvidenceVariable', 'Evidence',
+  'Parameters', // parameter names (`patient`, `return`)
 ]);
 
 /** Whether a string `name` in a resource of this type may be a person's (see NAMES_NO_PERSON; `*Definition` types never). */
