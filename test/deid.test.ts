@@ -118,7 +118,15 @@ describe('export profile (contracts/healthclaw.md)', () => {
     expect(obs.note[0].text).toContain('quit'); // the export keeps clinical text, as the contract says
     const unknown = run('export', { resourceType: 'Encounter', subject: { reference: 'urn:uuid:1', display: 'D L' }, participant: [{ individual: { display: 'X' } }] });
     expect(unknown.subject).toEqual({ reference: 'urn:uuid:1' });
-    expect(unknown.participant[0].individual).toEqual({});
+    // nothing left of the participant: removed, not written as {} (the input's own empty objects stay)
+    expect(unknown.participant).toBeUndefined();
+    const emptied = run('export', {
+      resourceType: 'Observation',
+      subject: { display: 'Lin, Derrick' },
+      performer: [{ display: 'Lin' }, { reference: 'Practitioner/1', display: 'Dr Who' }, { type: 'Patient', display: 'Lin' }],
+      extension: [{}],
+    });
+    expect(emptied).toEqual({ resourceType: 'Observation', performer: [{ reference: 'Practitioner/1', display: 'Dr Who' }, { type: 'Patient' }], extension: [{}] });
   });
 
   it('handles Person and RelatedPerson like Patient, without the patient identifier', () => {

@@ -24,13 +24,12 @@ function textPath(line: string): string | undefined {
 const obs = (members: string) => `{"resourceType":"Observation","id":"o1",${members}}`;
 
 describe('export profile on text', () => {
-  it('cuts the display of a reference to a person, first, middle, last or alone, and nothing else', () => {
+  it('cuts the display of a reference to a person, first, middle or last, and nothing else', () => {
     expect(textPath(obs('"subject":{"display":"Lin, Derrick","reference":"Patient/p1"}'))).toBe(obs('"subject":{"reference":"Patient/p1"}'));
     expect(textPath(obs('"subject":{"reference":"Patient/p1","display":"Lin, Derrick","type":"Patient"}'))).toBe(
       obs('"subject":{"reference":"Patient/p1","type":"Patient"}'),
     );
     expect(textPath(obs('"subject":{"reference":"Patient/p1","display":"Lin, Derrick"}'))).toBe(obs('"subject":{"reference":"Patient/p1"}'));
-    expect(textPath(obs('"subject":{"display":"Lin, Derrick"}'))).toBe(obs('"subject":{}'));
     expect(textPath(obs(' "subject" : { "display" : "Lin" , "reference" : "Patient/p1" } '))).toBe(obs(' "subject" : { "reference" : "Patient/p1" } '));
     expect(textPath(obs('"subject":{ "reference":"Patient/p1" , "display":"Lin" }'))).toBe(obs('"subject":{ "reference":"Patient/p1"  }'));
   });
@@ -65,8 +64,8 @@ describe('export profile on text', () => {
   it('keeps the text as it came elsewhere: a decimal keeps its trailing zero, characters beyond ASCII stay as they are', () => {
     const line = obs('"valueQuantity":{"value":1.50,"unit":"mg"},"subject":{"reference":"Patient/p1","display":"Lin"}');
     expect(textPath(line)).toBe(obs('"valueQuantity":{"value":1.50,"unit":"mg"},"subject":{"reference":"Patient/p1"}'));
-    const wide = obs('"note":[{"text":"caf\u00e9 \u2014 \ud83d\ude00"}],"subject":{"display":"\u0141\u00f3d\u017a"}');
-    expect(textPath(wide)).toBe(obs('"note":[{"text":"caf\u00e9 \u2014 \ud83d\ude00"}],"subject":{}'));
+    const wide = obs('"note":[{"text":"caf\u00e9 \u2014 \ud83d\ude00"}],"subject":{"display":"\u0141\u00f3d\u017a","reference":"#p"}');
+    expect(textPath(wide)).toBe(obs('"note":[{"text":"caf\u00e9 \u2014 \ud83d\ude00"}],"subject":{"reference":"#p"}'));
   });
 
   it('leaves to the object path what it cannot answer for certain', () => {
@@ -74,6 +73,9 @@ describe('export profile on text', () => {
       // A repeated key: JSON.parse keeps the last, the text would keep the first ("Lin" hidden from the profile).
       obs('"subject":{"reference":"Patient/p1","display":"Lin"},"subject":{"reference":"Patient/p1"}'),
       obs('"subject":{"reference":"Patient/p1","display":"Lin","display":"x"}'),
+      // A reference that is only a display: the object path removes it whole (no `{}`).
+      obs('"subject":{"display":"Lin, Derrick"}'),
+      obs('"participant":[{"individual":{"display":"Lin"}}]'),
       // Escapes and control characters.
       obs('"subject":{"reference":"Patient/p1","disp\\u006cay":"Lin"}'),
       obs('"subject":{"reference":"Patient\\/p1","display":"Lin"}'),

@@ -13,6 +13,10 @@
  *   reference whose target type cannot be told (`urn:uuid:`, `#contained`,
  *   identifier or display only) is treated as one: it may name a person.
  *
+ * A reference left with nothing once its display is gone (`{"display": "Lin,
+ * Derrick"}`) is removed rather than written as `{}` (FHIR JSON has no empty
+ * objects), and so is an element or list that this leaves empty.
+ *
  * Ids are kept: the export feeds an import that upserts on (type, id), and
  * the contract says only Patient changes. The walk is copy-on-write: a
  * resource with no such display is returned as it is (the same object).
@@ -35,6 +39,8 @@ const EHR_IDENTIFIER_TYPES: ReadonlySet<string> = new Set([
   'MRN', 'EPIC', 'FHIR', 'FHIR STU3', 'CEID', 'EID', 'EMPI', 'WEPIC', 'MEDIPAC', 'INTERNAL', 'WPRINTERNAL', 'EXTERNAL',
 ]);
 export const HEALTHCLAW_PATIENT_SYSTEM = 'urn:healthclaw:patient';
+/** What `walk` returns for an element that the profile left empty: its parent drops it. */
+const EMPTIED = Symbol('emptied');
 
 export interface ExportConfig {
   pseudonyms: Pseudonymizer;
@@ -48,7 +54,8 @@ export class ExportProfile {
 
   apply(resource: Resource): Resource {
     this.path.length = 0;
-    return this.walk(resource) as Resource;
+    const out = this.walk(resource);
+    return (out === EMPTIED ? {} : out) as Resource;
   }
 
   /** Patient, Person, RelatedPerson (at any depth): `out` is a copy the walk made, ours to change. */
@@ -83,19 +90,19 @@ export class ExportProfile {
     return out;
   }
 
-  /** Copy-on-write: the same value back when no person display was found under it. */
+  /** Copy-on-write: the same value back when no person display was found under it; EMPTIED when nothing is left of it. */
   private walk(value: unknown): unknown {
     if (Array.isArray(value)) {
       let out: unknown[] | undefined;
       for (let i = 0; i < value.length; i++) {
         const item = value[i];
-        if (item === null || typeof item !== 'object') continue;
-        const result = this.walk(item);
-        if (result === item) continue;
-        out ??= value.slice();
-        out[i] = result;
+        const result = item !== null && typeof item === 'object' ? this.walk(item) : item;
+        if (result === item && out === undefined) continue;
+        out ??= value.slice(0, i);
+        if (result !== EMPTIED) out.push(result);
       }
-      return out ?? value;
+      if (out === undefined) return value;
+      return out.length > 0 ? out : EMPTIED;
     }
     const obj = value as Json;
     const paths = this.config.report.tracksPaths;
@@ -122,7 +129,8 @@ export class ExportProfile {
       if (paths) this.path.pop();
       if (result === item) continue;
       out ??= { ...obj };
-      out[key] = result;
+      if (result === EMPTIED) delete out[key];
+      else out[key] = result;
     }
     if (display && !coded && typeof obj.display === 'string' && isPersonReference(obj)) {
       out = withoutKey(out ?? obj, 'display');
@@ -130,7 +138,7 @@ export class ExportProfile {
     }
     if (typeof type === 'string' && PERSON_TYPES.has(type)) out = this.person(out ?? { ...obj }, obj);
     if (pushed) this.path.pop();
-    return out ?? obj;
+    return out === undefined ? obj : isEmpty(out) ? EMPTIED : out;
   }
 }
 
@@ -154,6 +162,11 @@ function isPersonReference(obj: Json): boolean {
   if (typeof ref !== 'string') return true;
   const type = referencedType(ref);
   return type === undefined || PERSON_TYPES.has(type);
+}
+
+function isEmpty(obj: Json): boolean {
+  for (const _ in obj) return false;
+  return true;
 }
 
 function withoutKey(obj: Json, drop: string): Json {

@@ -19,7 +19,9 @@
  * - a `resourceType` naming a FHIR type that is not a Bundle, and no object
  *   anywhere whose `resourceType` is a person type (those lose names,
  *   addresses and identifiers: the object path's work);
- * - no member named `__proto__` (see where it is met).
+ * - no member named `__proto__` (see where it is met);
+ * - no reference whose `display` is its only member (the object path
+ *   removes it whole, and what that leaves empty).
  *
  * Anything else gets `undefined`, and the caller takes the object path
  * (which also gives invalid JSON its proper rejection). The differential
@@ -328,7 +330,7 @@ class ExportTextScanner {
     if (type !== undefined ? PERSON_TYPES.has(type) : reference === undefined || isPersonTarget(reference)) {
       if (commaBefore >= 0) this.cut(commaBefore, displayEnd);
       else if (nextMember >= 0) this.cut(displayStart, nextMember);
-      else this.cut(displayStart, displayEnd);
+      else throw NOT_THIS_WAY; // the display is all there is: the object path removes the reference (no `{}`)
     }
   }
 }
