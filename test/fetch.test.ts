@@ -368,6 +368,25 @@ describe('hx fetch: faults', () => {
     expect(search.duplicates).toBe(0);
   });
 
+  it('asks for gzip and inflates it: the same bytes as plain pages, and a compressed body cut short is fetched again', async () => {
+    const dir = tempDir();
+    const plain = await serve({ tenants });
+    const expected = await hx(args(plain, dir));
+    expect(expected.code, expected.stderr).toBe(0);
+    const gzipped = await serve({
+      tenants,
+      gzip: true,
+      faults: [
+        { match: /Patient/, fault: { kind: 'truncate', afterBytes: 300 } }, // a gzip stream cut short, ended cleanly
+        { match: /Observation/, skip: 2, fault: { kind: 'reset', afterBytes: 500 } },
+      ],
+    });
+    const r = await hx(args(gzipped, dir));
+    expect(r.stdout.equals(expected.stdout)).toBe(true);
+    expect(expectExact(r, dir).stages.fetch.retries).toBe(2);
+    expect(gzipped.requests.every((q) => q.headers['accept-encoding'] === 'gzip')).toBe(true);
+  });
+
   it('gives up after the last retry with exit 1 and no output file', async () => {
     const server = await serve({ tenants, faults: [{ match: /Observation/, times: 100, fault: { kind: 'status', status: 503 } }] });
     const dir = tempDir();

@@ -48,6 +48,7 @@ import type { Account } from '../src/account.js';
 import { HxError, RecordRejected } from '../src/errors.js';
 import { bodyChunks } from '../src/http/bodyChunks.js';
 import type { HttpClient } from '../src/http/client.js';
+import { ACCEPT_GZIP, brokenBody, decodedBody } from '../src/http/contentEncoding.js';
 import { RetryableError, sleep } from '../src/http/retry.js';
 import { DocumentScanner } from '../src/io/documentScanner.js';
 import type { StageContext } from '../src/stage.js';
@@ -342,21 +343,24 @@ class Fetcher {
     const reader = new PageReader(source, stats, boundary, this.seen, this.ctx, this.maxEntryBytes, redact, this.verbatim);
     for (let attempt = 1; ; attempt++) {
       reader.restart();
+      let reading = false;
       try {
-        const res = await client.attempt({ url, what: source, headers: { accept: 'application/fhir+json' }, signal: this.abort.signal });
+        const res = await client.attempt({ url, what: source, headers: { accept: 'application/fhir+json', ...ACCEPT_GZIP }, signal: this.abort.signal });
         const type = String(res.headers['content-type'] ?? 'application/json');
         if (!/json/i.test(type)) {
           res.body.destroy();
           throw new HxError(`${source}: expected FHIR JSON, got ${type.split(';')[0]}`);
         }
-        for await (const chunk of bodyChunks(res.body)) {
+        reading = true;
+        for await (const chunk of bodyChunks(decodedBody(res.body, res.headers))) {
           this.stage.bytes += chunk.length;
           this.options.onBytes?.(this.stage.bytes);
           const batch = reader.push(chunk);
           if (batch) yield batch;
         }
         return reader.end();
-      } catch (err) {
+      } catch (thrown) {
+        const err = reading ? brokenBody(thrown, source) : thrown;
         const delay = client.delayAfter(err, attempt, source);
         if (delay === undefined) throw client.finalError(err, attempt, source);
         await sleep(delay, this.abort.signal);

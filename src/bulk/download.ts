@@ -8,15 +8,15 @@
 import { Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
+import { ACCEPT_GZIP, brokenBody, isGzipped } from '../http/contentEncoding.js';
 import pLimit from 'p-limit';
 import type { HttpClient } from '../http/client.js';
-import { RetryableError, isRetryable } from '../http/retry.js';
+import { RetryableError } from '../http/retry.js';
 import type { BulkAccount } from './account.js';
 import type { Auth } from './auth.js';
 import type { Destination } from './destination.js';
 import type { EventLog } from './eventLog.js';
 import { FileFetcher, Unauthorized } from './fileRequest.js';
-import { header } from './kickoff.js';
 import { LineCounter, type LineCounts } from './lineCounter.js';
 import type { Manifest, PlannedFile } from './manifest.js';
 import { YoungCollection } from '../util/youngCollection.js';
@@ -104,7 +104,7 @@ async function fetchFile(
   { client, fetcher, auth, signal, account }: DownloadOptions,
 ): Promise<LineCounts> {
   const what = `${file.name} (${file.kind} file)`;
-  const headers = { accept: 'application/fhir+ndjson', 'accept-encoding': 'gzip' };
+  const headers = { accept: 'application/fhir+ndjson', ...ACCEPT_GZIP };
   let renewedToken = false;
   return client.retrying(
     `download ${file.name}`,
@@ -121,7 +121,7 @@ async function fetchFile(
         }
         throw err;
       }
-      const gzip = /\bgzip\b/i.test(header(res.headers['content-encoding']) ?? '');
+      const gzip = isGzipped(res.headers);
       const counter = new LineCounter(file.kind === 'output' && !file.entry.type, (n) => {
         account.bytesSeen += n;
         young.passed(n);
@@ -134,22 +134,12 @@ async function fetchFile(
       try {
         await pipeline(stages as never, { signal });
       } catch (err) {
-        throw retryableBody(err, what);
+        throw brokenBody(err, what);
       }
       return counter.counts;
     },
     signal,
   );
-}
-
-/** A body cut short or garbled in transit is worth another try; a local failure (disk full) is not. */
-function retryableBody(err: unknown, what: string): unknown {
-  if ((err as Error)?.name === 'AbortError' || isRetryable(err)) return err;
-  const code = (err as NodeJS.ErrnoException)?.code ?? '';
-  if (code.startsWith('Z_') || code.startsWith('UND_ERR') || code === 'ERR_STREAM_PREMATURE_CLOSE') {
-    return new RetryableError(`${what}: the download broke off (${code})`);
-  }
-  return err;
 }
 
 /** Keeps the first bytes that pass (the start of an error file, to summarise it). */

@@ -9,6 +9,8 @@
  * - `GET /fhir/{Person|Patient}/{id}/$everything` with `_type`, `_since`,
  *   `_count` (offset `next` links), or one unpaged streamed Bundle.
  * - Tenant header and token checks (bearer, HealthClaw step-up tokens).
+ * - Pages gzipped when the client accepts it (`gzip`); a body fault then
+ *   applies to the compressed bytes (a truncated gzip stream).
  * - HealthClaw's rate limit, per tenant (`rateLimit`; see `rateLimit.ts`).
  * - Faults per request: a status (429 with Retry-After, 500, 503…), a reset
  *   before the headers or in the middle of a body, a stalled body, a body
@@ -19,13 +21,15 @@
  * each instant), which makes every filter a contiguous range of i.
  *
  * Standalone (for benchmarks), after `tsc` has compiled it via an importer:
- *     node dist/test/support/fhirServer.js --types Patient=1000,Observation=200000 --pad 900 [--port 8080] [--paging offset] [--rate-limit 120/60]
+ *     node dist/test/support/fhirServer.js --types Patient=1000,Observation=200000 --pad 900 [--port 8080] [--paging offset] [--rate-limit 120/60] [--gzip]
  * prints the base URL and serves until killed.
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import { Readable } from 'node:stream';
 import { pathToFileURL } from 'node:url';
+import { createGzip } from 'node:zlib';
 import { FixedWindowLimiter, parseRateLimit, type RateLimit } from './rateLimit.js';
 
 export type Paging = 'offset' | 'cursor' | 'healthclaw';
@@ -85,6 +89,8 @@ export interface FhirServerOptions {
   nextOrigin?: string;
   /** Requests allowed per window and tenant before 429 (HealthClaw: 120 per 60 s). */
   rateLimit?: RateLimit;
+  /** Gzip pages for clients that send `Accept-Encoding: gzip`. */
+  gzip?: boolean;
   /** Port to listen on (ephemeral by default). */
   port?: number;
 }
@@ -206,7 +212,8 @@ export async function startFhirServer(options: FhirServerOptions): Promise<FhirS
       page = everything(url, types);
     } else return outcome(res, 404, 'not-found', 'Unknown path');
     if (typeof page === 'string') return outcome(res, 400, 'invalid', page);
-    await sendBundle(res, page, tenant, fault);
+    const gzip = options.gzip === true && /\bgzip\b/.test(String(req.headers['accept-encoding'] ?? ''));
+    await sendBundle(res, page, tenant, fault, gzip);
   }
 
   function takeFault(pathAndQuery: string): Fault | undefined {
@@ -348,7 +355,7 @@ export async function startFhirServer(options: FhirServerOptions): Promise<FhirS
   }
 
   /** Writes the page's Bundle with backpressure, applying a body fault when there is one. */
-  async function sendBundle(res: ServerResponse, page: Page, tenant: string, fault: Fault | undefined): Promise<void> {
+  async function sendBundle(res: ServerResponse, page: Page, tenant: string, fault: Fault | undefined, gzip: boolean): Promise<void> {
     const members: Record<string, string> = {
       resourceType: '"resourceType":"Bundle"',
       type: '"type":"searchset"',
@@ -381,19 +388,21 @@ export async function startFhirServer(options: FhirServerOptions): Promise<FhirS
       }
       yield text + close;
     }
-    res.writeHead(200, { 'content-type': 'application/fhir+json' });
+    res.writeHead(200, { 'content-type': 'application/fhir+json', ...(gzip ? { 'content-encoding': 'gzip' } : {}) });
     let sent = 0;
-    for (const text of chunks()) {
-      let chunk = Buffer.from(text);
+    const compressed = gzip ? Readable.from(chunks()).pipe(createGzip()) : undefined;
+    for await (const piece of compressed ?? chunks()) {
+      let chunk = typeof piece === 'string' ? Buffer.from(piece) : (piece as Buffer);
       if (fault && fault.kind !== 'status' && fault.kind !== 'reset-early' && sent + chunk.length >= fault.afterBytes) {
         chunk = chunk.subarray(0, Math.max(0, fault.afterBytes - sent));
         await write(res, chunk);
+        compressed?.destroy();
         if (fault.kind === 'reset') return void setTimeout(() => res.socket?.resetAndDestroy(), 20);
         if (fault.kind === 'truncate') return void res.end();
         return; // stall: keep the connection open; close() ends it
       }
       sent += chunk.length;
-      if (!(await write(res, chunk))) return;
+      if (!(await write(res, chunk))) return void compressed?.destroy();
     }
     res.end();
   }
@@ -492,6 +501,7 @@ async function main(argv: string[]): Promise<void> {
     maxCount: Number(arg('max-count', '100000')),
     port: Number(arg('port', '0')),
     rateLimit: argv.includes('--rate-limit') ? parseRateLimit(arg('rate-limit', '')) : undefined,
+    gzip: argv.includes('--gzip'),
   });
   process.stdout.write(`${server.base}\n`);
 }
