@@ -145,6 +145,29 @@ describe('backpressure', () => {
   });
 });
 
+describe('UTF-16 input', () => {
+  it('reads UTF-16 (LE or BE, with its byte order mark) as the same records as UTF-8, whatever the read size', async () => {
+    const dir = tempDir();
+    const text = `${P('1')}\r\n{"resourceType":"Observation","id":"2","note":[{"text":"caf\u00e9 \u2014 \ud83d\ude00"}]}\r\n${P('3')}`;
+    const utf8 = await hx(['cat'], { stdin: text });
+    expect(utf8.code).toBe(0);
+    const le = Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from(text, 'utf16le')]);
+    const be = Buffer.from(le).swap16();
+    for (const [name, bytes] of [['le', le], ['be', be]] as const) {
+      const file = join(dir, `${name}.ndjson`);
+      writeFileSync(file, bytes);
+      const r = await hx(['cat', file]);
+      expect([r.code, r.stderr], name).toEqual([0, '']);
+      expect(r.stdout.equals(utf8.stdout), name).toBe(true);
+      // Reads of an odd size split code units and the emoji's surrogate pair.
+      const account = new Account();
+      const ids: string[] = [];
+      for await (const batch of readInputs([file], { account, rejects: new Rejects(account), chunkBytes: 7 })) ids.push(...batch.resources.map((r: { id: string }) => r.id));
+      expect(ids, name).toEqual(['1', '2', '3']);
+    }
+  });
+});
+
 describe('hx count', () => {
   it('counts by type as a table and as JSON', async () => {
     const stdin = `${P('1')}\n${O('2')}\n${O('3')}\n`;

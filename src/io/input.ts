@@ -1,5 +1,5 @@
 import { createReadStream, statSync } from 'node:fs';
-import { Readable, pipeline } from 'node:stream';
+import { Readable, Transform, pipeline } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { ndjsonSplit, type RawLines, type SplitOptions } from '../../transforms/ndjsonSplit.js';
 import { HxError } from '../errors.js';
@@ -32,7 +32,8 @@ export function inputSize(paths: string[]): number | undefined {
 
 /**
  * Every input (files in order, `-` or nothing for stdin), decompressed when
- * its first bytes are gzip's magic, framed into Batches of resources.
+ * its first bytes are gzip's magic, converted to UTF-8 when they are a UTF-16
+ * byte order mark, framed into Batches of resources.
  * Pulls one input at a time and only as fast as the consumer reads.
  */
 export function readInputs(paths: string[], options: ReadOptions): Readable {
@@ -80,11 +81,31 @@ function openRaw(path: string, chunkBytes: number): Readable {
  * hands out chunks the size of a file read, so a .gz input makes the same
  * batches as its plain file: with zlib's default 16 KiB chunks, peak RSS on
  * 1 GB was 120-133 MB against 103 MB.
+ *
+ * Or its text as UTF-8 when it starts with a UTF-16 byte order mark:
+ * Windows PowerShell 5 writes UTF-16 with `>`, so `hx fetch … > x.ndjson`
+ * there gives a file every JSON reader would otherwise reject line by line.
  */
 async function decompressed(raw: Readable, path: string): Promise<Readable> {
   const head = await peek(raw, 2, path);
   if (head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b) return createGunzip({ chunkSize: DEFAULT_CHUNK_BYTES });
+  if (head.length >= 2 && head[0] === 0xff && head[1] === 0xfe) return utf16ToUtf8('utf-16le');
+  if (head.length >= 2 && head[0] === 0xfe && head[1] === 0xff) return utf16ToUtf8('utf-16be');
   return raw;
+}
+
+/** UTF-16 text (its byte order mark dropped) as UTF-8 bytes; a code unit or pair split across reads is joined. */
+function utf16ToUtf8(encoding: 'utf-16le' | 'utf-16be'): Transform {
+  const decoder = new TextDecoder(encoding);
+  const encoded = (text: string) => (text.length > 0 ? Buffer.from(text, 'utf8') : undefined);
+  return new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      callback(null, encoded(decoder.decode(chunk, { stream: true })));
+    },
+    flush(callback) {
+      callback(null, encoded(decoder.decode()));
+    },
+  });
 }
 
 /** Reads at least `n` bytes (or to the end) and puts them back. */
