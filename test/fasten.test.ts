@@ -143,14 +143,17 @@ describe('hx fasten', () => {
     expect(r.stderr).toContain('TOTAL: 4');
   });
 
-  it('reads Fasten Connect NDJSON from stdin and gzip files alike', async () => {
+  it('reads Fasten Connect NDJSON from stdin, gzip and UTF-16 files alike', async () => {
     const ndjson = readFileSync(join(FIXTURES, 'connect.ndjson'));
     const dir = tempDir();
     writeFileSync(join(dir, 'c.ndjson.gz'), gzipSync(ndjson));
+    writeFileSync(join(dir, 'c16.ndjson'), Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from(ndjson.toString('utf8'), 'utf16le')]));
     const fromStdin = await hx(['fasten', '--all-types'], { stdin: ndjson });
     const fromGzip = await hx(['fasten', '--all-types', join(dir, 'c.ndjson.gz')]);
+    const fromUtf16 = await hx(['fasten', '--all-types', join(dir, 'c16.ndjson')]);
     expect(fromStdin.code).toBe(0);
     expect(fromGzip.stdout.equals(fromStdin.stdout)).toBe(true);
+    expect(fromUtf16.stdout.equals(fromStdin.stdout)).toBe(true);
     const out = parseNdjson(fromStdin.stdout);
     expect(out.map((x) => `${x.resourceType}/${x.id}/${x.gender ?? x.status}`)).toEqual([
       'Patient/p1/male',

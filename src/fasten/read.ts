@@ -10,10 +10,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable, pipeline as pipe } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { createGunzip } from 'node:zlib';
 import { HxError } from '../errors.js';
 import type { HttpClient } from '../http/client.js';
-import { DEFAULT_CHUNK_BYTES } from '../io/input.js';
+import { DEFAULT_CHUNK_BYTES, decoderFor } from '../io/input.js';
 import { BATCHES_IN_FLIGHT, type Batch } from '../types.js';
 import { fastenSplit, type FastenSplitOptions } from './split.js';
 
@@ -25,17 +24,17 @@ export interface FastenInput {
 
 export type ReadOptions = Omit<FastenSplitOptions, 'source'>;
 
-/** Batches of every input in order, each decompressed when it starts with gzip's magic. */
+/** Batches of every input in order, each decompressed (gzip's magic) or decoded (UTF-16) as its first bytes say. */
 export function readFastenInputs(inputs: FastenInput[], options: ReadOptions): Readable {
   return Readable.from(readAll(inputs, options), { objectMode: true, highWaterMark: BATCHES_IN_FLIGHT });
 }
 
 async function* readAll(inputs: FastenInput[], options: ReadOptions): AsyncGenerator<Batch> {
   for (const input of inputs) {
-    const gzipped = await startsWithGzipMagic(input);
+    const decoder = decoderFor(await firstBytes(input));
     const raw = createReadStream(input.path, { highWaterMark: DEFAULT_CHUNK_BYTES });
     const split = fastenSplit({ ...options, source: input.name });
-    const stages = gzipped ? [raw, createGunzip(), split] : [raw, split];
+    const stages = decoder ? [raw, decoder, split] : [raw, split];
     const tail = pipe(stages as unknown as [Readable, ...NodeJS.ReadWriteStream[]], () => {}) as unknown as Readable;
     try {
       for await (const batch of tail) yield batch as Batch;
@@ -47,7 +46,8 @@ async function* readAll(inputs: FastenInput[], options: ReadOptions): AsyncGener
   }
 }
 
-async function startsWithGzipMagic(input: FastenInput): Promise<boolean> {
+/** The first two bytes of the input (fewer when it is shorter). */
+async function firstBytes(input: FastenInput): Promise<Buffer> {
   let handle;
   try {
     handle = await open(input.path, 'r');
@@ -62,7 +62,7 @@ async function startsWithGzipMagic(input: FastenInput): Promise<boolean> {
       const stat = await handle.stat();
       if (stat.isDirectory()) throw new HxError(`${input.name}: is a directory`);
     }
-    return bytesRead === 2 && head[0] === 0x1f && head[1] === 0x8b;
+    return head.subarray(0, bytesRead);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EISDIR') throw new HxError(`${input.name}: is a directory`);
     throw err;

@@ -87,11 +87,15 @@ function openRaw(path: string, chunkBytes: number): Readable {
  * there gives a file every JSON reader would otherwise reject line by line.
  */
 async function decompressed(raw: Readable, path: string): Promise<Readable> {
-  const head = await peek(raw, 2, path);
-  if (head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b) return createGunzip({ chunkSize: DEFAULT_CHUNK_BYTES });
-  if (head.length >= 2 && head[0] === 0xff && head[1] === 0xfe) return utf16ToUtf8('utf-16le');
-  if (head.length >= 2 && head[0] === 0xfe && head[1] === 0xff) return utf16ToUtf8('utf-16be');
-  return raw;
+  return decoderFor(await peek(raw, 2, path)) ?? raw;
+}
+
+/** What turns an input whose first bytes are `head` into UTF-8 JSON bytes: a gunzip, a UTF-16 decoder, or nothing. */
+export function decoderFor(head: Uint8Array): Transform | undefined {
+  if (head[0] === 0x1f && head[1] === 0x8b) return createGunzip({ chunkSize: DEFAULT_CHUNK_BYTES });
+  if (head[0] === 0xff && head[1] === 0xfe) return utf16ToUtf8('utf-16le');
+  if (head[0] === 0xfe && head[1] === 0xff) return utf16ToUtf8('utf-16be');
+  return undefined;
 }
 
 /** UTF-16 text (its byte order mark dropped) as UTF-8 bytes; a code unit or pair split across reads is joined. */
