@@ -45,6 +45,25 @@ export const SECURITY_LABELS = deepFreeze({
   PSEUDED: { system: SECURITY_SYSTEM, code: 'PSEUDED' },
 } as const);
 
+/**
+ * Code systems whose displays are the standard's own names for their codes
+ * (LOINC, SNOMED CT, RxNorm, ICD, CPT, CVX, NDC, UCUM, HL7 terminology,
+ * BCP 47 languages, CDC race and ethnicity): kept by safe-harbor as they are.
+ */
+const STANDARD_SYSTEMS: ReadonlySet<string> = new Set([
+  'http://loinc.org', 'http://snomed.info/sct', 'http://www.nlm.nih.gov/research/umls/rxnorm', 'http://hl7.org/fhir/sid/icd-10',
+  'http://hl7.org/fhir/sid/icd-10-cm', 'http://hl7.org/fhir/sid/icd-9-cm', 'http://www.cms.gov/Medicare/Coding/ICD10',
+  'http://www.ama-assn.org/go/cpt', 'http://hl7.org/fhir/sid/cvx', 'http://hl7.org/fhir/sid/ndc', 'http://unitsofmeasure.org',
+  'urn:ietf:bcp:47', 'urn:oid:2.16.840.1.113883.6.238',
+]);
+
+export function isStandardSystem(system: unknown): boolean {
+  return (
+    typeof system === 'string' &&
+    (STANDARD_SYSTEMS.has(system) || system.startsWith('http://terminology.hl7.org/') || system.startsWith('http://hl7.org/fhir/'))
+  );
+}
+
 /** Resource types whose references lose `display` in the export profile (it is a person's name). */
 export const PERSON_TYPES: ReadonlySet<string> = new Set(['Patient', 'Person', 'RelatedPerson']);
 

@@ -27,6 +27,7 @@ import {
   isInstantKey,
   mayBeQuantity,
   mayNamePerson,
+  isStandardSystem,
   quantityYears,
   shapeOf,
   stringKind,
@@ -293,7 +294,10 @@ export class SafeHarbor {
       case 'fullUrl':
         return this.reference(key, value);
       case 'display':
-        return isCodingShape(parent) ? value : this.mask(key, 'Reference.display');
+        if (!isCodingShape(parent)) return this.mask(key, 'Reference.display');
+        // A standard system's display names its code; a local one's is text someone wrote, checked like a text-only concept's.
+        if (isStandardSystem(owner.system) || !CONTACT_IN_TEXT.test(value)) return value;
+        return this.mask(key, 'Coding.display (contact details)');
       case 'text':
         return isCodeableConceptShape(parent) ? this.conceptText(owner, value) : this.mask(key, 'free text');
       case 'name':
@@ -323,21 +327,25 @@ export class SafeHarbor {
    * wife Mary"): masked, the codes and their displays keep the meaning. With
    * no display to compare with, the text is the only name of the concept
    * ("MRN", "Blood pressure"): kept, unless it holds an e-mail address, a
-   * phone or a social security number.
+   * phone or a social security number; so is a text that is only a local
+   * system's display (checked as that display is).
    */
   private conceptText(concept: Json, text: string): unknown {
     const codings = concept.coding;
     let displayed = false;
+    let named = false;
     if (Array.isArray(codings)) {
       const wanted = text.trim().toLowerCase();
       for (const coding of codings) {
         const display = (coding as Json | null)?.display;
         if (typeof display !== 'string') continue;
-        if (display.trim().toLowerCase() === wanted) return text;
         displayed = true;
+        if (display.trim().toLowerCase() !== wanted) continue;
+        if (isStandardSystem((coding as Json).system)) return text;
+        named = true;
       }
     }
-    if (displayed) return this.mask('text', "CodeableConcept.text (not a coding's display)");
+    if (displayed && !named) return this.mask('text', "CodeableConcept.text (not a coding's display)");
     return CONTACT_IN_TEXT.test(text) ? this.mask('text', 'CodeableConcept.text (contact details)') : text;
   }
 
