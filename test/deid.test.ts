@@ -277,13 +277,13 @@ describe('safe-harbor profile', () => {
   it("keeps a standard system's displays as they are, and checks a local system's for contact details", () => {
     const out = run('safe-harbor', {
       resourceType: 'Observation',
-      code: { coding: [{ system: 'http://loinc.org', code: '1', display: 'Call 620-555-0143 panel' }, { system: 'urn:oid:1.2.3', code: 'x', display: 'CBC W/ AUTO DIFF' }] },
+      code: { coding: [{ system: 'http://loinc.org', code: '1', display: 'Call 620-555-0143 panel' }, { system: 'urn:oid:1.2.3', code: 'x', display: 'GLUCOSE @ 1 HR' }] },
       valueCodeableConcept: {
         coding: [{ system: 'urn:oid:1.2.3', code: 'y', display: 'call wife at 620-555-0143' }, { code: 'z', display: 'see jo@example.org' }],
         text: 'Call wife at 620-555-0143', // the same text as a masked display: masked too
       },
     });
-    expect(out.code.coding.map((c: any) => c.display)).toEqual(['Call 620-555-0143 panel', 'CBC W/ AUTO DIFF']);
+    expect(out.code.coding.map((c: any) => c.display)).toEqual(['Call 620-555-0143 panel', 'GLUCOSE @ 1 HR']);
     expect(out.valueCodeableConcept).toEqual({ coding: [{ system: 'urn:oid:1.2.3', code: 'y', _display: MASKED }, { code: 'z', _display: MASKED }], _text: MASKED });
   });
 

@@ -77,8 +77,8 @@ const PSEUDED = 4;
 
 /** Free text (a space or line break), an e-mail address, a phone or social security number. */
 const FREE_TEXT_OR_CONTACT = /\s|@|^\+?\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4}$|^\d{3}-\d{2}-\d{4}$/;
-/** An e-mail address, a phone or social security number anywhere in a text. */
-const CONTACT_IN_TEXT = /@|\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4}|\d{3}-\d{2}-\d{4}/;
+/** An e-mail address, a phone or social security number anywhere in a text (a lab's "GLUCOSE @ 1 HR" is none). */
+const CONTACT_IN_TEXT = /[\w.+-]+@[\w-]+\.\w|\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4}|\d{3}-\d{2}-\d{4}/;
 
 export class SafeHarbor {
   private readonly path: string[] = [];
