@@ -8,9 +8,9 @@
 import { Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
-import { ACCEPT_GZIP, brokenBody, isGzipped } from '../http/contentEncoding.js';
 import pLimit from 'p-limit';
 import type { HttpClient } from '../http/client.js';
+import { ACCEPT_GZIP, brokenBody, isGzipped } from '../http/contentEncoding.js';
 import { RetryableError } from '../http/retry.js';
 import type { BulkAccount } from './account.js';
 import type { Auth } from './auth.js';
