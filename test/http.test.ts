@@ -9,7 +9,9 @@ import { Redactor } from '../src/http/redact.js';
 import { backoffMs, DEFAULT_RETRY, isRetryable, parseRetryAfter, retryDelay, RetryableError } from '../src/http/retry.js';
 import { request } from '../src/http/undici.js';
 import { bodyChunks } from '../src/http/bodyChunks.js';
-import { PassThrough } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
+import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib';
+import { brokenBody, decodedBody } from '../src/http/contentEncoding.js';
 import { HX } from './support/cli.js';
 
 type Handler = (req: IncomingMessage, res: ServerResponse, n: number) => void;
@@ -203,6 +205,40 @@ describe('bodyChunks', () => {
     body.write(chunks[0]);
     for await (const _ of bodyChunks(body)) break;
     expect(body.destroyed).toBe(true);
+  });
+});
+
+describe('decodedBody', () => {
+  const text = '{"resourceType":"Bundle","entry":[]}'.repeat(50);
+  async function read(body: NodeJS.ReadableStream): Promise<string> {
+    const parts: Buffer[] = [];
+    for await (const chunk of body) parts.push(chunk as Buffer);
+    return Buffer.concat(parts).toString();
+  }
+  it('reads gzip, deflate and brotli bodies, and plain ones as they are', async () => {
+    const bodies: [string | undefined, Buffer][] = [
+      [undefined, Buffer.from(text)],
+      ['identity', Buffer.from(text)],
+      ['gzip', gzipSync(text)],
+      ['X-Gzip', gzipSync(text)],
+      ['deflate', deflateSync(text)],
+      ['br', brotliCompressSync(text)],
+    ];
+    for (const [encoding, bytes] of bodies) {
+      const body = decodedBody(Readable.from([bytes.subarray(0, 7), bytes.subarray(7)]), { 'content-encoding': encoding }, 'GET x');
+      expect(await read(body), encoding).toBe(text);
+    }
+  });
+  it('refuses an encoding it cannot read, naming it; a cut gzip stream fails with a zlib code that brokenBody makes retryable', async () => {
+    expect(() => decodedBody(Readable.from([Buffer.from('x')]), { 'content-encoding': 'constructor' }, 'GET x')).toThrow(/constructor/);
+    expect(() => decodedBody(Readable.from([Buffer.from('x')]), { 'content-encoding': 'compress' }, 'GET x')).toThrow(
+      new HxError('GET x: the server sent the body in an encoding hx cannot read (Content-Encoding: compress)'),
+    );
+    const cut = decodedBody(Readable.from([gzipSync(text).subarray(0, 20)]), { 'content-encoding': 'gzip' }, 'GET x');
+    const err = await read(cut).catch((e: unknown) => e);
+    expect((err as NodeJS.ErrnoException).code).toMatch(/^Z_/);
+    expect(isRetryable(brokenBody(err, 'GET x'))).toBe(true);
+    expect(isRetryable(brokenBody(new Error('disk full'), 'GET x'))).toBe(false);
   });
 });
 

@@ -352,7 +352,7 @@ class Fetcher {
           throw new HxError(`${source}: expected FHIR JSON, got ${type.split(';')[0]}`);
         }
         reading = true;
-        for await (const chunk of bodyChunks(decodedBody(res.body, res.headers))) {
+        for await (const chunk of bodyChunks(decodedBody(res.body, res.headers, source))) {
           this.stage.bytes += chunk.length;
           this.options.onBytes?.(this.stage.bytes);
           const batch = reader.push(chunk);

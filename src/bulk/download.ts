@@ -1,16 +1,15 @@
 /**
  * Downloads the files of a manifest with bounded parallelism (p-limit).
  * Each file is one retried unit: request (with the token when the manifest
- * says `requiresAccessToken`), gunzip when the server compressed, count
+ * says `requiresAccessToken`), inflate when the server compressed, count
  * lines, write to the destination. A failure mid-file (reset, 5xx, an
  * expired token) fetches the file again from its start.
  */
 import { Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { createGunzip } from 'node:zlib';
 import pLimit from 'p-limit';
 import type { HttpClient } from '../http/client.js';
-import { ACCEPT_GZIP, brokenBody, isGzipped } from '../http/contentEncoding.js';
+import { ACCEPT_GZIP, brokenBody, decodedBody } from '../http/contentEncoding.js';
 import { RetryableError } from '../http/retry.js';
 import type { BulkAccount } from './account.js';
 import type { Auth } from './auth.js';
@@ -121,14 +120,12 @@ async function fetchFile(
         }
         throw err;
       }
-      const gzip = isGzipped(res.headers);
       const counter = new LineCounter(file.kind === 'output' && !file.entry.type, (n) => {
         account.bytesSeen += n;
         young.passed(n);
       });
       capture?.reset();
-      const stages: (NodeJS.ReadableStream | NodeJS.WritableStream)[] = [res.body];
-      if (gzip) stages.push(createGunzip());
+      const stages: (NodeJS.ReadableStream | NodeJS.WritableStream)[] = [decodedBody(res.body, res.headers, what)];
       if (capture) stages.push(capture);
       stages.push(counter, open());
       try {

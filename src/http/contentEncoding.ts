@@ -3,24 +3,47 @@
  * and over a real network the bytes are the time, so `hx fetch` and `hx bulk
  * download` ask for it (`Accept-Encoding: gzip`) and inflate what comes
  * compressed; a server that ignores the header sends plain bytes as before.
+ * A server that sends deflate or brotli unasked is read too; an encoding
+ * nobody can read is an error that says so, not a page of garbage.
  */
-import type { Readable } from 'node:stream';
+import type { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream';
-import { createGunzip } from 'node:zlib';
+import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
+import { HxError } from '../errors.js';
 import { RetryableError, isRetryable } from './retry.js';
 
 export const ACCEPT_GZIP = { 'accept-encoding': 'gzip' } as const;
 
-/** Whether the response's `Content-Encoding` is gzip. */
-export function isGzipped(headers: Record<string, string | string[] | undefined>): boolean {
+type Headers = Record<string, string | string[] | undefined>;
+
+const DECODERS: ReadonlyMap<string, () => Transform> = new Map([
+  ['gzip', createGunzip],
+  ['x-gzip', createGunzip],
+  ['deflate', createInflate],
+  ['br', createBrotliDecompress],
+]);
+
+/** The response's `Content-Encoding`, lower case ('' when none or identity). */
+function contentEncoding(headers: Headers): string {
   const value = headers['content-encoding'];
-  return /\bgzip\b/i.test(Array.isArray(value) ? value.join(',') : (value ?? ''));
+  const text = (Array.isArray(value) ? value.join(',') : (value ?? '')).trim().toLowerCase();
+  return text === 'identity' ? '' : text;
 }
 
-/** The body as the server meant it: inflated when it came gzipped (errors of either stream come out of the result). */
-export function decodedBody(body: Readable, headers: Record<string, string | string[] | undefined>): Readable {
-  if (!isGzipped(headers)) return body;
-  return pipeline(body, createGunzip(), () => {}) as unknown as Readable;
+/**
+ * The body as the server meant it, decoded when it came compressed (errors
+ * of either stream come out of the result). `what` names the request in the
+ * error for an encoding that cannot be read (several at once included).
+ */
+export function decodedBody(body: Readable, headers: Headers, what: string): Readable {
+  const encoding = contentEncoding(headers);
+  if (encoding === '') return body;
+  const decoder = DECODERS.get(encoding);
+  if (!decoder) {
+    body.destroy();
+    throw new HxError(`${what}: the server sent the body in an encoding hx cannot read (Content-Encoding: ${encoding})`);
+  }
+  return pipeline(body, decoder(), () => {}) as unknown as Readable;
 }
 
 /**
