@@ -266,12 +266,14 @@ describe('safe-harbor profile', () => {
       code: { coding: [{ system: 'http://loinc.org', code: '72166-2', display: 'Tobacco smoking status' }], text: ' tobacco SMOKING status ' },
       valueCodeableConcept: { coding, text: 'quit in May, per his wife Mary' },
       interpretation: [{ coding: [{ system: 'x', code: 'H' }], text: 'High' }, { text: 'call 620-555-0143' }, { text: 'see mary@example.org' }, { text: 'Abnormal' }],
+      reasonCode: [{ text: 'Fell at 12 Oak Street, Springfield' }, { text: '12 lead ECG' }, { text: 'Foley 3 Way Catheter' }],
       bodySite: { text: 'SSN 123-45-6789' },
     });
     expect(out.code.text).toBe(' tobacco SMOKING status ');
     expect(out.valueCodeableConcept).toEqual({ coding, _text: MASKED });
     expect(out.interpretation).toEqual([{ coding: [{ system: 'x', code: 'H' }], text: 'High' }, { _text: MASKED }, { _text: MASKED }, { text: 'Abnormal' }]);
     expect(out.bodySite).toEqual({ _text: MASKED });
+    expect(out.reasonCode).toEqual([{ _text: MASKED }, { text: '12 lead ECG' }, { text: 'Foley 3 Way Catheter' }]);
   });
 
   it("keeps a standard system's displays as they are, and checks a local system's for contact details", () => {

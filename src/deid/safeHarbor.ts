@@ -77,8 +77,19 @@ const PSEUDED = 4;
 
 /** Free text (a space or line break), an e-mail address, a phone or social security number. */
 const FREE_TEXT_OR_CONTACT = /\s|@|^\+?\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4}$|^\d{3}-\d{2}-\d{4}$/;
-/** An e-mail address, a phone or social security number anywhere in a text (a lab's "GLUCOSE @ 1 HR" is none). */
-const CONTACT_IN_TEXT = /[\w.+-]+@[\w-]+\.\w|\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4}|\d{3}-\d{2}-\d{4}/;
+/**
+ * An e-mail address, a phone or social security number, or a street address
+ * ("12 Oak Street") anywhere in a text. A lab's "GLUCOSE @ 1 HR" or a "12 lead
+ * ECG" is none.
+ */
+const CONTACT_IN_TEXT = new RegExp(
+  [
+    String.raw`[\w.+-]+@[\w-]+\.\w`,
+    String.raw`\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4}`,
+    String.raw`\d{3}-\d{2}-\d{4}`,
+    String.raw`\b\d{1,6}\s+(?:[A-Z][a-z]+\s+){1,3}(?:Street|St|Avenue|Ave|Road|Rd|Drive|Dr|Lane|Ln|Boulevard|Blvd|Court|Ct|Way|Place|Pl|Terrace|Circle|Highway|Hwy|Parkway|Pkwy)\b`,
+  ].join('|'),
+);
 
 export class SafeHarbor {
   private readonly path: string[] = [];
