@@ -369,7 +369,10 @@ class MemberSpan {
     const key = this.key;
     const length = this.stringLength;
     if (this.stringBeginsKey) {
-      this.stringBeginsKey = length + (end - start) <= key.length && buf.compare(key, length, length + (end - start), start, end) === 0;
+      // A byte loop: the strings are short, and Buffer.compare's call cost more than the comparing.
+      let same = length + (end - start) <= key.length;
+      for (let k = start; same && k < end; k++) same = buf[k] === key[length + k - start];
+      this.stringBeginsKey = same;
     }
     if (!this.stringHasBackslash) for (let k = start; k < end; k++) if (buf[k] === BACKSLASH) this.stringHasBackslash = true;
     this.stringLength = length + (end - start);
