@@ -69,9 +69,10 @@ describe('hx cat', () => {
     expect(parseNdjson(r.stdout)).toEqual(JSON.parse(bundle.toString()).entry.map((e: { resource: unknown }) => e.resource));
   });
 
-  it('says clearly when a file is missing or gzip is corrupt', async () => {
+  it('says clearly when a file is missing, is a directory or gzip is corrupt', async () => {
     const dir = tempDir();
     expect((await hx(['cat', join(dir, 'nope.ndjson')])).stderr).toBe(`hx: ${join(dir, 'nope.ndjson')}: no such file\n`);
+    expect(await hx(['cat', dir])).toMatchObject({ code: 1, stderr: `hx: ${dir}: is a directory\n` });
     writeFileSync(join(dir, 'cut.gz'), gzipSync(`${P('1')}\n`.repeat(1000)).subarray(0, 40));
     const r = await hx(['cat', join(dir, 'cut.gz')]);
     expect(r.code).toBe(1);

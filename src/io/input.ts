@@ -136,7 +136,7 @@ function peek(stream: Readable, n: number, path: string): Promise<Buffer> {
     };
     const onEnd = () => done();
     const onError = (err: NodeJS.ErrnoException) =>
-      done(new HxError(err.code === 'ENOENT' ? `${path}: no such file` : `${path}: ${err.message}`));
+      done(new HxError(err.code === 'ENOENT' ? `${path}: no such file` : err.code === 'EISDIR' ? `${path}: is a directory` : `${path}: ${err.message}`));
     stream.on('readable', onReadable);
     stream.once('end', onEnd);
     stream.once('error', onError);
