@@ -241,6 +241,8 @@ describe('hx deid', () => {
     expect(explain).toContain('Patient.name\tmasked\t3\n');
     expect(explain).toContain('Observation.subject.display\tmasked\t3\n');
     expect(explain).toContain('Patient.address.postalCode\tzip3\t3\n');
+    // what was kept on a judgement, for the reviewer: a concept text with no display to check it against
+    expect(explain).toContain('Patient.identifier.type.text\tkept:concept-text\t3\n');
     for (const planted of PLANTED) expect(explain.includes(planted)).toBe(false);
     const toStderr = await hx(['deid', '--profile', 'export', '--explain', '-'], { stdin: corpus(1) });
     expect(toStderr.stderr).toContain('Observation.subject.display\tdisplay-removed\t1\n');

@@ -67,6 +67,17 @@ export class DeidReport {
     if (kind !== undefined) bump(this.removedByKind, kind);
   }
 
+  /**
+   * A string at `path` kept on a judgement rather than by a rule (`--explain`
+   * only: a row `path  kept:<why>  count`), so a reviewer sees the text a
+   * profile let through: a concept text with no display to check it
+   * against, a local code system's display, a one-word string under an
+   * element name no rule knows.
+   */
+  kept(path: string, why: string): void {
+    if (this.tracksPaths) bump(this.byPathAction, path + '\tkept:' + why);
+  }
+
   extensionDropped(url: unknown): void {
     bump(this.extensionsDropped, typeof url === 'string' ? url : '(no url)');
   }

@@ -307,8 +307,9 @@ export class SafeHarbor {
       case 'display':
         if (!isCodingShape(parent)) return this.mask(key, 'Reference.display');
         // A standard system's display names its code; a local one's is text someone wrote, checked like a text-only concept's.
-        if (isStandardSystem(owner.system) || !CONTACT_IN_TEXT.test(value)) return value;
-        return this.mask(key, 'Coding.display (contact details)');
+        if (isStandardSystem(owner.system)) return value;
+        if (CONTACT_IN_TEXT.test(value)) return this.mask(key, 'Coding.display (contact details)');
+        return this.kept(key, 'local-display', value);
       case 'text':
         return isCodeableConceptShape(parent) ? this.conceptText(owner, value) : this.mask(key, 'free text');
       case 'name':
@@ -327,6 +328,12 @@ export class SafeHarbor {
     }
     if (looksLikeDate(value)) return this.date(key, value, kind, false);
     if (FREE_TEXT_OR_CONTACT.test(value)) return this.mask(key, 'free text');
+    return this.kept(key, 'string', value);
+  }
+
+  /** `value`, noted for --explain as kept on a judgement (see DeidReport.kept). */
+  private kept(key: string, why: string, value: string): string {
+    if (this.report.tracksPaths) this.report.kept(this.pathOf(key), why);
     return value;
   }
 
@@ -357,7 +364,7 @@ export class SafeHarbor {
       }
     }
     if (displayed && !named) return this.mask('text', "CodeableConcept.text (not a coding's display)");
-    return CONTACT_IN_TEXT.test(text) ? this.mask('text', 'CodeableConcept.text (contact details)') : text;
+    return CONTACT_IN_TEXT.test(text) ? this.mask('text', 'CodeableConcept.text (contact details)') : this.kept('text', 'concept-text', text);
   }
 
   private date(key: string, value: string, kind: Kind, byName: boolean): unknown {
