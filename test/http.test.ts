@@ -243,6 +243,23 @@ describe('decodedBody', () => {
 });
 
 describe('HttpClient', () => {
+  it('fails at once, saying so, when nothing answers at the address; retries a refusal once a server has answered', async () => {
+    const closed = createServer();
+    await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
+    const port = (closed.address() as AddressInfo).port;
+    await new Promise((resolve) => closed.close(resolve));
+    const client = new HttpClient({ retry: FAST });
+    const first = (await client.fetch({ url: `http://127.0.0.1:${port}/x`, what: 'probe' }).catch((e: unknown) => e)) as Error;
+    expect(first.message).toBe(`probe: connect ECONNREFUSED 127.0.0.1:${port}: nothing answers at that address (is the server running, and is the URL right?)`);
+    expect(client.stats).toEqual({ requests: 1, retries: 0 });
+    const s = await server((_req, res) => void res.writeHead(200, { 'content-type': 'application/json' }).end('{}'));
+    await client.json({ url: s.url });
+    const later = (await client.fetch({ url: `http://127.0.0.1:${port}/x`, what: 'probe' }).catch((e: unknown) => e)) as Error;
+    expect(later.message).toBe(`probe: connect ECONNREFUSED 127.0.0.1:${port} (gave up after 4 attempts)`);
+    expect(client.stats).toEqual({ requests: 6, retries: 3 });
+    await client.close();
+  });
+
   it('retries 429 (Retry-After 0), 503 and a reset, then succeeds', async () => {
     const s = await server((req, res, n) => {
       if (n === 1) return void res.writeHead(429, { 'retry-after': '0' }).end();

@@ -18,7 +18,7 @@ import { Agent, request, type Dispatcher } from './undici.js';
 import { HxError } from '../errors.js';
 import { RateLimitGate } from './rateLimit.js';
 import { Redactor } from './redact.js';
-import { DEFAULT_RETRY, RETRYABLE_STATUS, RetryableError, parseRetryAfter, retryDelay, sleep, type RetryPolicy } from './retry.js';
+import { DEFAULT_RETRY, RETRYABLE_STATUS, RetryableError, hasCode, parseRetryAfter, retryDelay, sleep, type RetryPolicy } from './retry.js';
 
 export interface Timeouts {
   /** TCP (and TLS) connect. */
@@ -108,6 +108,15 @@ export class HttpClient {
   private readonly agent: Agent;
   private readonly trustedOrigin: string | undefined;
 
+  /**
+   * Whether a server has answered this client yet. Until one has, a refused
+   * connection means nothing listens at the address (a wrong URL, a server
+   * not started): failing at once says so, where retrying with backoff would
+   * keep the user waiting a minute and more for the same answer. Once a
+   * server has answered, a refusal is a restart under way and is retried.
+   */
+  private answered = false;
+
   constructor(private readonly options: HttpClientOptions = {}) {
     const timeouts = { ...DEFAULT_TIMEOUTS, ...options.timeouts };
     this.agent = new Agent({
@@ -137,6 +146,7 @@ export class HttpClient {
     this.stats.requests++;
     // A network failure is thrown as is: `retryDelay` classifies it by its code.
     const res = await request(url, { dispatcher: this.agent, method: req.method ?? 'GET', headers, body: req.body, signal: req.signal });
+    this.answered = true;
     this.rateLimit.observe(url.origin, res.headers);
     const response: HttpResponse = { status: res.statusCode, headers: res.headers, body: res.body, url: url.toString() };
     if (res.statusCode >= 200 && res.statusCode < 300) return response;
@@ -199,6 +209,7 @@ export class HttpClient {
    * undefined when the failure is final.
    */
   delayAfter(err: unknown, attempt: number, what: string): number | undefined {
+    if (!this.answered && hasCode(err, 'ECONNREFUSED')) return undefined;
     const delay = retryDelay(err, attempt, this.retryPolicy);
     if (delay === undefined) return undefined;
     this.stats.retries++;
@@ -211,7 +222,8 @@ export class HttpClient {
     // HttpError messages are built redacted; an abort is the caller's own doing.
     if (err instanceof HxError || (err as Error)?.name === 'AbortError') return err as Error;
     const tries = attempt > 1 ? ` (gave up after ${attempt} attempts)` : '';
-    const reason = this.reason(err);
+    const hint = !this.answered && hasCode(err, 'ECONNREFUSED') ? ': nothing answers at that address (is the server running, and is the URL right?)' : '';
+    const reason = this.reason(err) + hint;
     return new HxError(`${reason.startsWith(what) ? reason : `${what}: ${reason}`}${tries}`);
   }
 

@@ -53,9 +53,18 @@ const RETRYABLE_CODES = new Set([
 ]);
 
 export function isRetryable(err: unknown): boolean {
-  if (err instanceof RetryableError) return true;
+  return err instanceof RetryableError || someCode(err, (code) => RETRYABLE_CODES.has(code));
+}
+
+/** Whether `err` or one of its causes carries `code`. */
+export function hasCode(err: unknown, code: string): boolean {
+  return someCode(err, (c) => c === code);
+}
+
+/** Looks at the codes of `err` and its causes, a few levels down (undici wraps errors). */
+function someCode(err: unknown, test: (code: string) => boolean): boolean {
   for (let e = err as { code?: string; cause?: unknown } | undefined, depth = 0; e && depth < 4; e = e.cause as typeof e, depth++) {
-    if (e.code && RETRYABLE_CODES.has(e.code)) return true;
+    if (e.code && test(e.code)) return true;
   }
   return false;
 }
