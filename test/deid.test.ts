@@ -270,6 +270,9 @@ describe('safe-harbor profile', () => {
       bodySite: { text: 'SSN 123-45-6789' },
     });
     expect(out.code.text).toBe(' tobacco SMOKING status ');
+    // every word of it a word of a display: it says nothing the displays do not
+    const bp = run('safe-harbor', { resourceType: 'Observation', code: { coding: [{ system: 'http://loinc.org', code: '55284-4', display: 'Blood pressure systolic and diastolic' }], text: 'Blood Pressure' } });
+    expect(bp.code.text).toBe('Blood Pressure');
     expect(out.valueCodeableConcept).toEqual({ coding, _text: MASKED });
     expect(out.interpretation).toEqual([{ coding: [{ system: 'x', code: 'H' }], text: 'High' }, { _text: MASKED }, { _text: MASKED }, { text: 'Abnormal' }]);
     expect(out.bodySite).toEqual({ _text: MASKED });

@@ -338,32 +338,35 @@ export class SafeHarbor {
   }
 
   /**
-   * A CodeableConcept's `text`: kept when it names the concept, which is
-   * certain when it is one of its codings' displays (spelt the same but for
-   * case and outer spaces). When the codings have displays and the text says
-   * something else, it may be anything a person typed ("never smoker, per his
-   * wife Mary"): masked, the codes and their displays keep the meaning. With
-   * no display to compare with, the text is the only name of the concept
-   * ("MRN", "Blood pressure"): kept, unless it holds an e-mail address, a
-   * phone or a social security number; so is a text that is only a local
-   * system's display (checked as that display is).
+   * A CodeableConcept's `text`: kept when it says nothing its codings'
+   * displays do not (every word of it is a word of a display this profile
+   * keeps: "Blood Pressure" beside LOINC's "Blood pressure systolic and
+   * diastolic"), so it cannot carry a name or a number the output does not
+   * show anyway. When the codings have displays and the text says more, it
+   * may be anything a person typed ("never smoker, per his wife Mary"):
+   * masked, the codes and their displays keep the meaning. With no display
+   * to compare with, the text is the only name of the concept ("MRN"): kept,
+   * unless it holds contact details, and listed by --explain.
    */
   private conceptText(concept: Json, text: string): unknown {
     const codings = concept.coding;
     let displayed = false;
-    let named = false;
+    let words: Set<string> | undefined;
     if (Array.isArray(codings)) {
       const wanted = text.trim().toLowerCase();
       for (const coding of codings) {
         const display = (coding as Json | null)?.display;
         if (typeof display !== 'string') continue;
         displayed = true;
-        if (display.trim().toLowerCase() !== wanted) continue;
-        if (isStandardSystem((coding as Json).system)) return text;
-        named = true;
+        // Only the displays that are kept as they are count: a standard system's, or a local one without contact details.
+        if (!isStandardSystem((coding as Json).system) && CONTACT_IN_TEXT.test(display)) continue;
+        if (display.trim().toLowerCase() === wanted) return text;
+        words ??= new Set();
+        for (const word of wordsOf(display)) words.add(word);
       }
     }
-    if (displayed && !named) return this.mask('text', "CodeableConcept.text (not a coding's display)");
+    if (words !== undefined && wordsOf(text).every((word) => words.has(word))) return text;
+    if (displayed) return this.mask('text', "CodeableConcept.text (words beyond its codings' displays)");
     return CONTACT_IN_TEXT.test(text) ? this.mask('text', 'CodeableConcept.text (contact details)') : this.kept('text', 'concept-text', text);
   }
 
@@ -490,6 +493,11 @@ function isKeptExtension(ext: Json | null, inKept: boolean): boolean {
   if (ext === null || typeof ext !== 'object' || Array.isArray(ext)) return false;
   const url = ext.url;
   return typeof url === 'string' && (ALLOWED_EXTENSIONS.has(url) || (inKept && url.length > 0 && !url.includes(':')));
+}
+
+/** The words of `text`, lower case: runs of letters and digits. */
+function wordsOf(text: string): string[] {
+  return text.toLowerCase().match(/[\p{L}\p{N}]+/gu) ?? [];
 }
 
 function isEmpty(obj: Json): boolean {
