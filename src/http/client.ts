@@ -209,7 +209,7 @@ export class HttpClient {
    * undefined when the failure is final.
    */
   delayAfter(err: unknown, attempt: number, what: string): number | undefined {
-    if (!this.answered && hasCode(err, 'ECONNREFUSED')) return undefined;
+    if (this.nothingListens(err)) return undefined;
     const delay = retryDelay(err, attempt, this.retryPolicy);
     if (delay === undefined) return undefined;
     this.stats.retries++;
@@ -222,9 +222,14 @@ export class HttpClient {
     // HttpError messages are built redacted; an abort is the caller's own doing.
     if (err instanceof HxError || (err as Error)?.name === 'AbortError') return err as Error;
     const tries = attempt > 1 ? ` (gave up after ${attempt} attempts)` : '';
-    const hint = !this.answered && hasCode(err, 'ECONNREFUSED') ? ': nothing answers at that address (is the server running, and is the URL right?)' : '';
+    const hint = this.nothingListens(err) ? ': nothing answers at that address (is the server running, and is the URL right?)' : '';
     const reason = this.reason(err) + hint;
     return new HxError(`${reason.startsWith(what) ? reason : `${what}: ${reason}`}${tries}`);
+  }
+
+  /** A refused connection before any server has answered this client (see `answered`). */
+  private nothingListens(err: unknown): boolean {
+    return !this.answered && hasCode(err, 'ECONNREFUSED');
   }
 
   reason(err: unknown): string {
