@@ -83,6 +83,16 @@ function corpus(patients: number): string {
       payload: [{ contentString: `Please call ${phone} or write to ${email}` }],
       extension: [{ url: 'http://example.org/private-note', valueString: name }],
     }));
+    // Types told only by the element's name: a sig that is only text, choice elements holding a name or a phone.
+    lines.push(JSON.stringify({
+      resourceType: 'MedicationRequest', id: `med-${i}`, status: 'active', intent: 'order', subject,
+      medicationCodeableConcept: { coding: [{ system: 'http://www.nlm.nih.gov/research/umls/rxnorm', code: '197361' }] },
+      dosageInstruction: [{ text: `one daily, as ${given} asked` }],
+    }));
+    lines.push(JSON.stringify({
+      resourceType: 'Task', id: `task-${i}`, status: 'ready', intent: 'order', for: subject,
+      input: [{ type: { text: 'caller' }, valueHumanName: { text: name } }, { type: { text: 'callback' }, valueContactPoint: { value: phone } }],
+    }));
   }
   return lines.join('\n') + '\n';
 }
@@ -108,7 +118,7 @@ describe('hx deid', () => {
     expect(out).not.toMatch(/patient-\d|obs-\d|enc-\d/);
     for (const code of [...LOINC, ...SNOMED]) expect(out).toContain(`"code":"${code}"`);
     for (let i = 0; i < 60; i++) expect(out).toContain(`"value":${100 + i + 0.25},`);
-    expect(parseNdjson(out)).toHaveLength(60 * 8);
+    expect(parseNdjson(out)).toHaveLength(60 * 10);
   });
 
   it('safe-harbor on real Synthea Bulk data: no patient name, phone, street or identifier survives, notes included', async () => {
@@ -198,10 +208,10 @@ describe('hx deid', () => {
     expect(r.stderr).toMatch(/profile safe-harbor, key [0-9a-f]{8} \(from env\), ids pseudonymised \(hx\), as-of 2025-01-01/);
     expect(r.stderr).toContain('http://example.org/private-note: 2');
     const deid = JSON.parse(account).stages.deid;
-    expect(deid).toMatchObject({ profile: 'safe-harbor', keySource: 'env', asOf: '2025-01-01', resources: 16, changed: 16 });
+    expect(deid).toMatchObject({ profile: 'safe-harbor', keySource: 'env', asOf: '2025-01-01', resources: 20, changed: 20 });
     expect(deid.removedByKind.HumanName).toBeGreaterThan(0);
     expect(deid.extensionsDropped['http://example.org/private-note']).toBe(2);
-    expect(deid.resourcesByRule.pseudonymised).toBe(16);
+    expect(deid.resourcesByRule.pseudonymised).toBe(20);
   });
 
   it('--id-mode ms-compat gives Microsoft anonymizer ids', async () => {

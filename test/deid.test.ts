@@ -363,6 +363,70 @@ describe('safe-harbor profile', () => {
     expect(JSON.stringify(out)).not.toMatch(/95|1920|John|age94|Jane/);
   });
 
+  it('tells a type by its choice element name where the shape cannot: a lone text is not always a concept', () => {
+    const task = run('safe-harbor', {
+      resourceType: 'Task',
+      input: [
+        { type: { text: 'who' }, valueHumanName: { text: 'John Smith' } },
+        { type: { text: 'phone' }, valueContactPoint: { value: '555-0100' } },
+        { type: { text: 'note' }, valueAnnotation: { text: 'called Mary' } },
+        { type: { text: 'home' }, valueAddress: { text: '12 Oakwood Lane', state: 'MA' } },
+        { type: { text: 'doc' }, valueAttachment: { title: 'Smith letter' } },
+      ],
+    });
+    expect(task.input.map((i: any) => Object.keys(i)[1])).toEqual(['valueHumanName', 'valueContactPoint', 'valueAnnotation', 'valueAddress', 'valueAttachment']);
+    expect(task.input[0].valueHumanName).toEqual(MASKED);
+    expect(task.input[1].valueContactPoint).toEqual(MASKED);
+    expect(task.input[2].valueAnnotation).toEqual({ _text: MASKED });
+    expect(task.input[3].valueAddress).toEqual({ _text: MASKED, state: 'MA' });
+    expect(task.input[4].valueAttachment).toEqual({ _title: MASKED });
+    expect(task.input[0].type).toEqual({ text: 'who' }); // a CodeableConcept's lone text is still its name
+    // A Dosage, a reference range or a process note holding only `text` looked like a CodeableConcept with no display.
+    const request = run('safe-harbor', { resourceType: 'MedicationRequest', dosageInstruction: [{ text: 'one daily; ask Mary' }] });
+    expect(request.dosageInstruction).toEqual([{ _text: MASKED }]);
+    const obs = run('safe-harbor', { resourceType: 'Observation', status: 'final', code: { text: 'x' }, referenceRange: [{ text: 'per Dr Smith' }] });
+    expect(obs.referenceRange).toEqual([{ _text: MASKED }]);
+    const claim = run('safe-harbor', { resourceType: 'ClaimResponse', processNote: [{ number: 1, text: 'paid to John' }] });
+    expect(claim.processNote).toEqual([{ number: 1, _text: MASKED }]);
+    // A device's network address and lot number; a subscription's search criteria.
+    const device = run('safe-harbor', { resourceType: 'Device', url: 'http://pump-0042.example', lotNumber: 'L0042', modelNumber: 'X1' });
+    expect(device).toMatchObject({ _url: MASKED, _lotNumber: MASKED, modelNumber: 'X1' });
+    expect(run('safe-harbor', { resourceType: 'Subscription', criteria: 'Observation?patient.identifier=MRN0042' })._criteria).toEqual(MASKED);
+    expect(JSON.stringify([task, request, obs, claim, device])).not.toMatch(/John|Smith|555|Mary|Oakwood|0042/);
+  });
+
+  it('caps an age over 89 wherever it is stated: an Age with no unit, spelt units, an age Observation without unit', () => {
+    const capped = { value: 90, comparator: '>=', unit: 'a' };
+    const condition = run('safe-harbor', { resourceType: 'Condition', onsetAge: { value: 95 }, abatementAge: { value: 93, unit: 'yrs old' } });
+    expect(condition.onsetAge).toEqual(capped);
+    expect(condition.abatementAge).toEqual(capped); // the Age type: a unit hx cannot read is taken as years
+    const days = run('safe-harbor', { resourceType: 'Condition', onsetAge: { value: 95, unit: 'days' } });
+    expect(days.onsetAge).toEqual({ value: 95, unit: 'days' });
+    const ageCode = { coding: [{ system: 'http://loinc.org', code: '30525-0' }] };
+    const spelt = run('safe-harbor', { resourceType: 'Observation', code: ageCode, valueQuantity: { value: 93, unit: 'yrs' } });
+    expect(spelt.valueQuantity).toEqual({ value: 90, unit: 'yrs', comparator: '>=' });
+    const unitless = run('safe-harbor', { resourceType: 'Observation', code: { text: 'Age at onset' }, valueQuantity: { value: 93 } });
+    expect(unitless.valueQuantity).toEqual(capped);
+    // In an integer: a Quantity of `>= 90` in its place (an integer cannot say "90 or more").
+    const integer = run('safe-harbor', {
+      resourceType: 'Observation',
+      code: { text: 'x' },
+      component: [{ code: { coding: [{ system: 'http://loinc.org', code: '21612-7', display: 'Age - Reported' }] }, valueInteger: 94 }],
+    });
+    expect(integer.component[0]).toEqual({
+      code: { coding: [{ system: 'http://loinc.org', code: '21612-7', display: 'Age - Reported' }] },
+      valueQuantity: { value: 90, comparator: '>=', unit: 'a', system: 'http://unitsofmeasure.org', code: 'a' },
+    });
+    // Not an age: a value in another unit, or one under 90, stays.
+    const weight = run('safe-harbor', { resourceType: 'Observation', code: ageCode, valueQuantity: { value: 95, unit: 'kg' } });
+    expect(weight.valueQuantity).toEqual({ value: 95, unit: 'kg' });
+    expect(run('safe-harbor', { resourceType: 'Observation', code: ageCode, valueInteger: 89 }).valueInteger).toBe(89);
+    expect(run('safe-harbor', { resourceType: 'Observation', code: { text: 'Heart rate' }, valueInteger: 95 }).valueInteger).toBe(95);
+    // A capped age is walked too: an unknown extension in it goes.
+    const extended = run('safe-harbor', { resourceType: 'Condition', onsetAge: { value: 95, unit: 'a', extension: [{ url: 'http://x.org/who', valueString: 'Mary' }] } });
+    expect(extended.onsetAge).toEqual({ value: 90, unit: 'a', comparator: '>=' });
+  });
+
   it("masks a string name where it may be a person's, user ids, DICOM UIDs and audited queries", () => {
     const account = run('safe-harbor', { resourceType: 'Account', id: 'a', name: 'SMITH,JOHN', status: 'active' });
     expect(account).toMatchObject({ _name: MASKED, status: 'active' });

@@ -80,6 +80,8 @@ export const FREE_TEXT_KEYS: ReadonlySet<string> = new Set([
   'query',
   // a string `address` is a URL (Endpoint) or a network address (AuditEvent)
   'address',
+  // Subscription.criteria: a search, whose parameters may be a patient's identifier
+  'criteria',
 ]);
 
 /**
@@ -264,14 +266,14 @@ export function mayBeQuantity(shape: number): boolean {
 }
 
 /** Years per unit of a time Quantity (UCUM code, or a common spelling in `unit`). */
-const YEARS_PER_UNIT: Readonly<Record<string, number>> = {
-  a: 1, yr: 1, year: 1, years: 1, y: 1, ann: 1,
-  mo: 1 / 12, month: 1 / 12, months: 1 / 12,
-  wk: 7 / 365.25, week: 7 / 365.25, weeks: 7 / 365.25,
-  d: 1 / 365.25, day: 1 / 365.25, days: 1 / 365.25,
-  h: 1 / 8766, hour: 1 / 8766, hours: 1 / 8766,
-  min: 1 / 525960,
-};
+const YEARS_PER_UNIT: ReadonlyMap<string, number> = new Map([
+  ...['a', 'yr', 'yrs', 'year', 'years', 'y', 'ann'].map((unit) => [unit, 1] as const),
+  ...['mo', 'mos', 'month', 'months'].map((unit) => [unit, 1 / 12] as const),
+  ...['wk', 'wks', 'week', 'weeks'].map((unit) => [unit, 7 / 365.25] as const),
+  ...['d', 'day', 'days'].map((unit) => [unit, 1 / 365.25] as const),
+  ...['h', 'hr', 'hrs', 'hour', 'hours'].map((unit) => [unit, 1 / 8766] as const),
+  ...['min', 'mins'].map((unit) => [unit, 1 / 525960] as const),
+]);
 
 /**
  * The age in years a Quantity states, when it is a Quantity of time
@@ -282,8 +284,35 @@ export function quantityYears(obj: Json): number | undefined {
   if (typeof value !== 'number') return undefined;
   const unit = typeof obj.code === 'string' ? obj.code : typeof obj.unit === 'string' ? obj.unit.toLowerCase() : undefined;
   if (unit === undefined) return undefined;
-  const factor = YEARS_PER_UNIT[unit];
+  const factor = YEARS_PER_UNIT.get(unit);
   return factor === undefined ? undefined : value * factor;
+}
+
+/** Whether a Quantity has a unit (a code or a unit string), read or not. */
+export function hasUnit(obj: Json): boolean {
+  return typeof obj.code === 'string' || typeof obj.unit === 'string';
+}
+
+/**
+ * LOINC's codes for a person's age (Age; Age, patient-reported; Age,
+ * calculated): an Observation (or component) coded so states an age in its
+ * value, in years when it gives no unit.
+ */
+const AGE_CODES: ReadonlySet<string> = new Set(['30525-0', '21612-7', '29553-5']);
+const AGE_WORD = /\bage\b/i;
+
+/** Whether a CodeableConcept names a person's age: a LOINC age code, or "age" as a word of its text or a display. */
+export function isAgeConcept(concept: unknown): boolean {
+  if (concept === null || typeof concept !== 'object') return false;
+  const { coding, text } = concept as Json;
+  if (typeof text === 'string' && AGE_WORD.test(text)) return true;
+  if (!Array.isArray(coding)) return false;
+  for (const c of coding as (Json | null)[]) {
+    if (c === null || typeof c !== 'object') continue;
+    if (c.system === 'http://loinc.org' && AGE_CODES.has(c.code as string)) return true;
+    if (typeof c.display === 'string' && AGE_WORD.test(c.display)) return true;
+  }
+  return false;
 }
 
 function deepFreeze<T>(value: T): T {
@@ -292,6 +321,60 @@ function deepFreeze<T>(value: T): T {
     Object.freeze(value);
   }
   return value;
+}
+
+/**
+ * A data type told by an element's name where the shape cannot tell it: a
+ * choice element names its type (`valueHumanName`, `locationAddress`,
+ * `onsetAge` …), and an object holding only a `text` looks like a
+ * CodeableConcept but is not one under the names of TEXT_HOLDERS.
+ */
+export const enum NamedType {
+  None,
+  HumanName,
+  ContactPoint,
+  Address,
+  Annotation,
+  Attachment,
+  Age,
+  /** An element whose `text` is free text (a Dosage, a reference range, a process note). */
+  TextHolder,
+}
+
+/** Elements of types whose `text` is free text, though a lone `text` makes them look like a CodeableConcept. */
+const TEXT_HOLDERS: ReadonlySet<string> = new Set([
+  'dosage', 'dosageInstruction', // Dosage (and MedicationAdministration.dosage)
+  'referenceRange', // Observation.referenceRange
+  'processNote', // ClaimResponse, ExplanationOfBenefit, PaymentReconciliation
+  'term', 'offer', 'asset', // Contract
+]);
+
+const NAMED_TYPE_SUFFIXES: readonly (readonly [string, NamedType])[] = [
+  ['HumanName', NamedType.HumanName],
+  ['ContactPoint', NamedType.ContactPoint],
+  ['Address', NamedType.Address],
+  ['Annotation', NamedType.Annotation],
+  ['Attachment', NamedType.Attachment],
+  ['Dosage', NamedType.TextHolder],
+  ['Age', NamedType.Age],
+];
+
+const namedTypes = new Map<string, NamedType>();
+
+/** The type an object-valued element's name gives it (memoised as stringKind is). */
+export function namedType(key: string): NamedType {
+  let type = namedTypes.get(key);
+  if (type === undefined) {
+    type = TEXT_HOLDERS.has(key) ? NamedType.TextHolder : NamedType.None;
+    for (const [suffix, named] of NAMED_TYPE_SUFFIXES) {
+      if (key.endsWith(suffix)) {
+        type = named;
+        break;
+      }
+    }
+    if (namedTypes.size < 10_000) namedTypes.set(key, type);
+  }
+  return type;
 }
 
 /** What a string element is, by its name alone (see stringKind). */

@@ -23,8 +23,12 @@ import {
   isContactPoint,
   isHumanNameShape,
   isIdentifier,
+  hasUnit,
+  isAgeConcept,
   isIdentifierKey,
   isInstantKey,
+  namedType,
+  NamedType,
   mayBeQuantity,
   mayNamePerson,
   isStandardSystem,
@@ -68,7 +72,19 @@ const enum Kind {
   Response,
   /** An extension that is kept: its sub-extensions (relative URLs) are its own. */
   Extension,
+  /** A Dosage, reference range or process note: its `text` is free text (see NamedType.TextHolder). */
+  TextHolder,
 }
+
+/** A member replaced by one of another name: an age of 90 or more in a `valueInteger` becomes a `valueQuantity` of `>= 90`. */
+class Renamed {
+  constructor(
+    readonly key: string,
+    readonly value: unknown,
+  ) {}
+}
+
+const UCUM = 'http://unitsofmeasure.org';
 
 /** Bits of what was done to one resource, for its meta.security labels. */
 const REDACTED = 1;
@@ -146,6 +162,7 @@ export class SafeHarbor {
       if (result === REMOVE) continue;
       if (result === MASK) out['_' + key] = Array.isArray(value) ? MASKED_LIST : MASKED;
       else if (result === MASK_ELEMENT) out[key] = Array.isArray(value) ? MASKED_LIST : MASKED;
+      else if (result instanceof Renamed) out[result.key] = result.value;
       else out[key] = result;
     }
     return out ?? obj;
@@ -154,7 +171,12 @@ export class SafeHarbor {
   /** `owner`: the object `key` is a member of (`parent` is its shape). */
   private member(owner: Json, parent: number, key: string, value: unknown, kind: Kind): unknown {
     if (value === null || typeof value !== 'object') {
-      return typeof value === 'string' ? this.string(owner, parent, key, value, kind) : value;
+      if (typeof value === 'string') return this.string(owner, parent, key, value, kind);
+      if (key === 'valueInteger' && typeof value === 'number' && value >= 90 && isAgeConcept(owner.code)) {
+        this.record(key, 'age-capped', ABSTRED);
+        return new Renamed('valueQuantity', { value: 90, comparator: '>=', unit: 'a', system: UCUM, code: 'a' });
+      }
+      return value;
     }
     // An object-valued `text` is a Narrative (a CodeableConcept's text is a string).
     if (key === 'text' && !Array.isArray(value)) return this.remove(key, 'Narrative');
@@ -193,6 +215,29 @@ export class SafeHarbor {
         break;
     }
     if (isIdentifierKey(key)) return this.typed(key, value, Kind.Identifier);
+    switch (namedType(key)) {
+      case NamedType.HumanName:
+        return this.maskElement(key, 'HumanName');
+      case NamedType.ContactPoint:
+        return this.maskElement(key, 'ContactPoint');
+      case NamedType.Address:
+        return this.typed(key, value, Kind.Address);
+      case NamedType.Annotation:
+        return this.typed(key, value, Kind.Annotation);
+      case NamedType.Attachment:
+        return this.typed(key, value, Kind.Attachment);
+      case NamedType.TextHolder:
+        return this.typed(key, value, Kind.TextHolder);
+      case NamedType.Age:
+        // The Age type: a value with no unit, or one hx cannot read, is taken as years.
+        if (!Array.isArray(value)) return this.age(key, value as Json, quantityYears(value as Json) ?? (value as Json).value);
+        break;
+    }
+    // An age Observation's value: in years when it has no unit.
+    if (key === 'valueQuantity' && !Array.isArray(value) && isAgeConcept(owner.code)) {
+      const quantity = value as Json;
+      return this.age(key, quantity, quantityYears(quantity) ?? (hasUnit(quantity) ? undefined : quantity.value));
+    }
     if (Array.isArray(value)) return this.array(owner, parent, key, value, kind);
     return this.objectValue(key, value as Json);
   }
@@ -211,11 +256,21 @@ export class SafeHarbor {
     if (isContactPoint(obj, shape)) return this.maskElement(key, 'ContactPoint');
     if (isAddressShape(shape)) return this.descend(key, obj, Kind.Address, shape);
     if (isIdentifier(obj, shape)) return this.descend(key, obj, Kind.Identifier, shape);
-    if (mayBeQuantity(shape)) {
-      const years = quantityYears(obj);
-      if (years !== undefined && years >= 90) return this.capAge(key, obj);
-    }
+    if (mayBeQuantity(shape)) return this.age(key, obj, quantityYears(obj), shape);
     return this.descend(key, obj, Kind.Plain, shape);
+  }
+
+  /** A Quantity that may state an age (`years`, when it does): capped at `>= 90` over 89, else walked. */
+  private age(key: string, obj: Json, years: unknown, shape = shapeOf(obj)): unknown {
+    const walked = this.descend(key, obj, Kind.Plain, shape);
+    if (typeof years !== 'number' || years < 90 || walked === REMOVE) return walked;
+    this.path.push(key);
+    this.record('value', 'age-capped', ABSTRED);
+    this.path.pop();
+    const out: Json = { ...walked, value: 90, comparator: '>=' };
+    if (obj.code !== undefined) out.code = 'a';
+    if (typeof obj.unit !== 'string' || (quantityYears({ value: 1, unit: obj.unit }) ?? 0) !== 1) out.unit = 'a';
+    return out;
   }
 
   /** The walked object, or REMOVE when all its members went (an empty element is not valid FHIR). */
@@ -272,6 +327,11 @@ export class SafeHarbor {
     switch (kind) {
       case Kind.Root:
         if (key === 'id') return this.pseudonymise(key, this.config.pseudonyms.id(value), value);
+        // A device's network address and lot number identify it (with its serial number and UDI).
+        if (this.resourceType === 'Device' && (key === 'url' || key === 'lotNumber')) return this.mask(key, `Device.${key}`);
+        break;
+      case Kind.TextHolder:
+        if (key === 'text') return this.mask(key, 'free text');
         break;
       case Kind.Identifier:
         if (key === 'value') return this.mask(key, 'Identifier.value');
@@ -404,16 +464,6 @@ export class SafeHarbor {
   private pseudonymise(key: string, pseudonym: string, original: string): string {
     if (pseudonym !== original) this.record(key, 'pseudonymised', PSEUDED);
     return pseudonym;
-  }
-
-  private capAge(key: string, obj: Json): Json {
-    this.path.push(key);
-    this.record('value', 'age-capped', ABSTRED);
-    this.path.pop();
-    const out: Json = { ...obj, value: 90, comparator: '>=' };
-    if (obj.code !== undefined) out.code = 'a';
-    if (typeof obj.unit !== 'string' || (quantityYears({ value: 1, unit: obj.unit }) ?? 0) !== 1) out.unit = 'a';
-    return out;
   }
 
   /**
