@@ -392,6 +392,8 @@ describe('safe-harbor profile', () => {
     const device = run('safe-harbor', { resourceType: 'Device', url: 'http://pump-0042.example', lotNumber: 'L0042', modelNumber: 'X1' });
     expect(device).toMatchObject({ _url: MASKED, _lotNumber: MASKED, modelNumber: 'X1' });
     expect(run('safe-harbor', { resourceType: 'Subscription', criteria: 'Observation?patient.identifier=MRN0042' })._criteria).toEqual(MASKED);
+    // An Identifier not named *identifier, with only a value (no system to tell it by).
+    expect(run('safe-harbor', { resourceType: 'ServiceRequest', requisition: { value: 'REQ0042' } }).requisition).toEqual({ _value: MASKED });
     expect(JSON.stringify([task, request, obs, claim, device])).not.toMatch(/John|Smith|555|Mary|Oakwood|0042/);
   });
 

@@ -153,9 +153,9 @@ export function isInstantKey(key: string, resourceType: string, atRoot: boolean)
   return INSTANT_NAMES.has(key) || key.endsWith('Instant') || (atRoot && INSTANT_BY_TYPE[resourceType]?.has(key) === true);
 }
 
-/** True for an element typed Identifier (`identifier`, `masterIdentifier`, `valueIdentifier` …). */
+/** True for an element typed Identifier (`identifier`, `masterIdentifier`, `valueIdentifier` …, ServiceRequest's `requisition`). */
 export function isIdentifierKey(key: string): boolean {
-  return key === 'identifier' || (key.endsWith('Identifier') && key !== 'distinctIdentifier' && key !== 'deviceIdentifier');
+  return key === 'identifier' || key === 'requisition' || (key.endsWith('Identifier') && key !== 'distinctIdentifier' && key !== 'deviceIdentifier');
 }
 
 type Json = Record<string, unknown>;
