@@ -560,6 +560,14 @@ describe('safe-harbor profile', () => {
     const again = d.deidentify({ resourceType: 'Condition', subject: { reference: 'Patient/someone-else' }, recordedDate: '2021-03' }) as any;
     expect(other.onsetDateTime).toMatch(/^\d{4}-\d{2}-\d{2}$/);
     expect(again.recordedDate).toMatch(/^\d{4}-\d{2}$/);
+    // The patient named by Task.for, a list of subjects, or an Appointment's participant gets the same offset.
+    const patient = 'Patient/someone-else';
+    const offsetOther = shiftOf('2020-02-29', other.onsetDateTime);
+    const task = d.deidentify({ resourceType: 'Task', for: { reference: patient }, authoredOn: '2020-02-29' }) as any;
+    const account = d.deidentify({ resourceType: 'Account', subject: [{ reference: 'Device/d' }, { reference: patient }], servicePeriod: { start: '2020-02-29' } }) as any;
+    const visit = d.deidentify({ resourceType: 'Appointment', participant: [{ actor: { reference: 'Practitioner/p' } }, { actor: { reference: patient } }], created: '2020-02-29' }) as any;
+    expect([task.authoredOn, account.servicePeriod.start, visit.created].map((date: string) => shiftOf('2020-02-29', date))).toEqual([offsetOther, offsetOther, offsetOther]);
+    expect(offsetOther).not.toBe(offset); // (for this key: else the test above would prove nothing)
   });
 });
 

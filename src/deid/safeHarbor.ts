@@ -523,11 +523,33 @@ export class SafeHarbor {
   }
 }
 
-/** The patient a resource belongs to, for its date offset: its own id, or its subject/patient reference. */
+/** The members that name the patient a resource belongs to (Task.for, ResearchSubject.individual, Account's list of subjects …). */
+const PATIENT_KEYS = ['subject', 'patient', 'beneficiary', 'for', 'individual'];
+
+/**
+ * The patient a resource belongs to, for its date offset: its own id, or the
+ * first Patient (or untyped) reference among its PATIENT_KEYS, or among an
+ * Appointment's participants.
+ */
 function patientOf(res: Json): string | undefined {
   if (res.resourceType === 'Patient') return typeof res.id === 'string' ? res.id : undefined;
-  for (const key of ['subject', 'patient', 'beneficiary']) {
-    const ref = (res[key] as Json | undefined)?.reference;
+  for (const key of PATIENT_KEYS) {
+    const id = patientIn(res[key]);
+    if (id !== undefined) return id;
+  }
+  if (Array.isArray(res.participant)) {
+    for (const participant of res.participant) {
+      const id = patientIn((participant as Json | null)?.actor);
+      if (id !== undefined) return id;
+    }
+  }
+  return undefined;
+}
+
+/** The id of a Patient (or untyped) reference in `value`, a Reference or a list of them. */
+function patientIn(value: unknown): string | undefined {
+  for (const item of Array.isArray(value) ? value : [value]) {
+    const ref = (item as Json | null | undefined)?.reference;
     if (typeof ref !== 'string') continue;
     const type = referencedType(ref);
     if (type === undefined || type === 'Patient') {
