@@ -7,12 +7,19 @@
  *   npm run bench -- --mb 100          # another size
  *   npm run bench -- --only cat,ceiling
  *   npm run bench -- --runs 3          # best of 3 (default 1)
+ *   npm run bench -- --pairs 5         # only the issues' ratio targets, as 5 back-to-back pairs each
  *
  * Each command runs under /usr/bin/time with its output sent to /dev/null;
  * the peak RSS is the largest process of the command (so for a unix pipe,
  * its largest stage). With --runs N every row runs once per round, N rounds,
  * and reports its fastest run and its largest peak RSS: on a shared VM one
  * run can be 20% slower than the next.
+ *
+ * With --pairs N it measures the issues' targets that compare two rows
+ * (PAIRS) instead: each pair's two commands run back to back, N times, in
+ * alternating order, and the verdict is on the median of the N ratios, so a
+ * slow minute of the VM slows both sides of a pair rather than one row of a
+ * table.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
@@ -64,6 +71,23 @@ const ROWS: Row[] = [
   { name: 'hx run "deid --profile safe-harbor | pretag | bundle" --workers 2', command: '$HX run "deid --profile safe-harbor --as-of 2026-01-01 | pretag | bundle" --workers 2 $F' },
 ];
 
+/** An issue's target: `row` at `want` times the throughput of `base` or more. */
+interface Pair {
+  target: string;
+  row: string;
+  base: string;
+  want: number;
+}
+
+const PAIRS: Pair[] = [
+  { target: '#3 `hx deid` (export) ≥ 85% of `hx cat`', row: 'hx deid (export profile)', base: 'hx cat (NDJSON)', want: 0.85 },
+  { target: '#3 safe-harbor ≥ 60% of `hx cat`', row: 'hx deid --profile safe-harbor --workers 1', base: 'hx cat (NDJSON)', want: 0.6 },
+  { target: '#9 safe-harbor `--workers 2` ≥ 1.6× `--workers 1`', row: 'hx deid --profile safe-harbor --workers 2', base: 'hx deid --profile safe-harbor --workers 1', want: 1.6 },
+  { target: '#9 `hx run` ≥ 2× the unix pipe', row: 'hx run "deid | pretag | bundle" --workers 2', base: 'unix pipe: hx deid | hx pretag | hx bundle', want: 2 },
+  { target: '#9 `hx deid` ≥ 5× `jq -c .`', row: 'hx deid --workers 2 (export profile)', base: 'jq -c .', want: 5 },
+  { target: '#9 `hx cat` ≥ 5× `jq -c .`', row: 'hx cat --workers 2', base: 'jq -c .', want: 5 },
+];
+
 interface Result {
   row: Row;
   seconds: number;
@@ -105,6 +129,7 @@ function better(a: Result | undefined, b: Result): Result {
 requireNullDevice();
 const mb = Number(arg('mb', '1000'));
 const runs = Math.max(1, Number(arg('runs', '1')));
+const pairs = Number(arg('pairs', '0'));
 const only = arg('only', '').split(',').filter(Boolean);
 const base = `bench/data/corpus-${mb}`;
 if (!existsSync(`${base}.bundle.json`)) {
@@ -115,6 +140,11 @@ const files = { ndjson: `${base}.ndjson`, gz: `${base}.ndjson.gz`, bundle: `${ba
 const records = Number(execFileSync('bash', ['-c', `wc -l < ${files.ndjson}`], { encoding: 'utf8' }).trim());
 const env = { ...process.env, HX_DEID_KEY: 'bench-key', F: files.ndjson, GZ: files.gz, BUNDLE: files.bundle, HX: 'bin/hx.js' };
 const ndjsonBytes = statSync(files.ndjson).size;
+
+if (pairs > 0) {
+  process.stdout.write(measurePairs(pairs) + '\n');
+  process.exit(0);
+}
 
 // Rounds: every row once, then every row again. This VM's speed drifts by 20% over minutes; with each row's runs
 // back to back, one slow phase could hold all of a row's runs (hx cat once took 12.3 s in a table, 8.0 s just after).
@@ -150,3 +180,47 @@ const lines = [
   ),
 ];
 process.stdout.write(lines.join('\n') + '\n');
+
+/** The PAIRS (those --only selects), each run `n` times back to back: a Markdown table of their ratios. */
+function measurePairs(n: number): string {
+  const rowNamed = (name: string) => ROWS.find((row) => row.name === name)!;
+  const selectedPairs = PAIRS.filter((pair) => !only.length || only.some((o) => pair.target.includes(o)));
+  const lines = [
+    `Corpus: ${(ndjsonBytes / 1e6).toFixed(0)} MB of NDJSON. Machine: ${machine()}. Date: ${new Date().toISOString().slice(0, 10)}. ` +
+      `${n} pairs per target, each pair's two commands back to back, in alternating order; the verdict is on the median ratio.`,
+    '',
+    '| target | ratio: median (range) | s: medians (row / base) | verdict |',
+    '|---|---:|---:|---|',
+  ];
+  for (const pair of selectedPairs) {
+    const row = rowNamed(pair.row);
+    const base = rowNamed(pair.base);
+    const measured: { ratio: number; row: number; base: number }[] = [];
+    for (let i = 0; i < n; i++) {
+      process.stderr.write(`  [${i + 1}/${n}] ${pair.target}…\n`);
+      const order = i % 2 === 0 ? [row, base] : [base, row];
+      const [first, second] = order.map((r) => measure(r, env, ndjsonBytes, records));
+      if (!first || !second) break;
+      const [r, b] = i % 2 === 0 ? [first, second] : [second, first];
+      measured.push({ ratio: b.seconds / r.seconds, row: r.seconds, base: b.seconds });
+    }
+    if (measured.length < n) {
+      lines.push(`| ${pair.target} | failed |  |  |`);
+      continue;
+    }
+    const ratios = measured.map((m) => m.ratio);
+    const ratio = median(ratios);
+    const format = (x: number) => (pair.want < 1 ? `${Math.round(x * 100)}%` : `${x.toFixed(2)}×`);
+    lines.push(
+      `| ${pair.target} | ${format(ratio)} (${format(Math.min(...ratios))}–${format(Math.max(...ratios))}) | ` +
+        `${median(measured.map((m) => m.row)).toFixed(2)} / ${median(measured.map((m) => m.base)).toFixed(2)} | ${ratio >= pair.want ? 'met' : 'missed'} |`,
+    );
+  }
+  return lines.join('\n');
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
