@@ -292,6 +292,23 @@ describe('safe-harbor profile', () => {
     expect(out.valueCodeableConcept).toEqual({ coding: [{ system: 'urn:oid:1.2.3', code: 'y', _display: MASKED }, { code: 'z', _display: MASKED }], _text: MASKED });
   });
 
+  it("masks a date finer than a year in a local display or a lone concept text, and a local code that is someone's contact", () => {
+    const local = (code: string, display?: string) => ({ system: 'urn:oid:1.2.3', code, ...(display ? { display } : {}) });
+    const out = run('safe-harbor', {
+      resourceType: 'Observation',
+      code: { coding: [local('a', 'DOB 03/04/1950'), local('b', 'Seen March 4, 2020'), local('c', 'Since May 2020'), local('d', 'GLUCOSE 2 HR 75G')] },
+      valueCodeableConcept: { coding: [local('123-45-6789'), local('jo@example.org'), local('(620) 555-0143'), local('6205550143'), local('GLU@1H'), { system: 'http://loinc.org', code: 'LA6576-8' }] },
+      interpretation: [{ text: 'since 1950-03-04' }, { text: 'since 4 Mar 1950' }, { text: 'pain 1/2 of the time' }],
+    });
+    expect(out.code.coding.map((c: any) => c.display ?? '-')).toEqual(['-', '-', '-', 'GLUCOSE 2 HR 75G']);
+    expect(out.valueCodeableConcept.coding.map((c: any) => c.code ?? '-')).toEqual(['-', '-', '-', '6205550143', 'GLU@1H', 'LA6576-8']);
+    expect(out.valueCodeableConcept.coding[0]).toEqual({ system: 'urn:oid:1.2.3', _code: MASKED });
+    expect(out.interpretation).toEqual([{ _text: MASKED }, { _text: MASKED }, { text: 'pain 1/2 of the time' }]);
+    // A one-word string under an element name no rule knows, written as a date.
+    const basic = run('safe-harbor', { resourceType: 'Basic', code: { text: 'x' }, seenOn: '03/04/1950', batch: '12/20' });
+    expect(basic).toMatchObject({ _seenOn: MASKED, batch: '12/20' });
+  });
+
   it('walks the extensions it keeps: free text in them is masked, dates cut, unknown nested extensions dropped', () => {
     const race = 'http://hl7.org/fhir/us/core/StructureDefinition/us-core-race';
     const dar = 'http://hl7.org/fhir/StructureDefinition/data-absent-reason';

@@ -91,19 +91,32 @@ const REDACTED = 1;
 const ABSTRED = 2;
 const PSEUDED = 4;
 
-/** Free text (a space or line break), an e-mail address, a phone or social security number. */
-const FREE_TEXT_OR_CONTACT = /\s|@|^\+?\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4}$|^\d{3}-\d{2}-\d{4}$/;
+/** Free text (a space or line break), an e-mail address, a phone or social security number, a date written 03/04/1950. */
+const FREE_TEXT_OR_CONTACT = /\s|@|^\+?\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4}$|^\d{3}-\d{2}-\d{4}$|^\d{1,2}\/\d{1,2}\/\d{2,4}$/;
 /**
- * An e-mail address, a phone or social security number, or a street address
- * ("12 Oak Street") anywhere in a text. A lab's "GLUCOSE @ 1 HR" or a "12 lead
- * ECG" is none.
+ * A code that is an e-mail address, a social security number or a phone
+ * number written with separators (a lab's local "GLU@1H" or a bare
+ * ten-digit code is none).
  */
-const CONTACT_IN_TEXT = new RegExp(
+const CONTACT_CODE = /^[\w.+-]+@[\w-]+\.[\w.-]+$|^\d{3}-\d{2}-\d{4}$|^\+?\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}$/;
+const MONTH = String.raw`(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]*\.?`;
+/**
+ * Contact details or a date finer than a year, anywhere in a text: an e-mail
+ * address, a phone or social security number, a street address ("12 Oak
+ * Street"), a date ("03/04/1950", "1950-03-04", "March 4, 1950", "4 Mar
+ * 1950", "May 2020"). A lab's "GLUCOSE @ 1 HR" or a "12 lead ECG" is none.
+ */
+const IDENTIFYING_TEXT = new RegExp(
   [
     String.raw`[\w.+-]+@[\w-]+\.\w`,
     String.raw`\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4}`,
     String.raw`\d{3}-\d{2}-\d{4}`,
     String.raw`\b\d{1,6}\s+(?:[A-Z][a-z]+\s+){1,3}(?:Street|St|Avenue|Ave|Road|Rd|Drive|Dr|Lane|Ln|Boulevard|Blvd|Court|Ct|Way|Place|Pl|Terrace|Circle|Highway|Hwy|Parkway|Pkwy)\b`,
+    String.raw`\b\d{1,2}\/\d{1,2}\/\d{2,4}\b`,
+    String.raw`\b\d{1,2}\/\d{4}\b`,
+    String.raw`\b\d{4}-\d{2}-\d{2}\b`,
+    String.raw`\b${MONTH}\s+(?:\d{1,2}(?:st|nd|rd|th)?,?\s+)?\d{4}\b`,
+    String.raw`\b\d{1,2}\s+${MONTH},?\s+\d{4}\b`,
   ].join('|'),
 );
 
@@ -364,11 +377,15 @@ export class SafeHarbor {
       case 'reference':
       case 'fullUrl':
         return this.reference(key, value);
+      case 'code':
+        // A local code that is an e-mail address, a phone or social security number is one (codes are kept otherwise).
+        if (CONTACT_CODE.test(value) && isCodingShape(parent) && !isStandardSystem(owner.system)) return this.mask(key, 'Coding.code (contact details)');
+        break;
       case 'display':
         if (!isCodingShape(parent)) return this.mask(key, 'Reference.display');
         // A standard system's display names its code; a local one's is text someone wrote, checked like a text-only concept's.
         if (isStandardSystem(owner.system)) return value;
-        if (CONTACT_IN_TEXT.test(value)) return this.mask(key, 'Coding.display (contact details)');
+        if (IDENTIFYING_TEXT.test(value)) return this.mask(key, 'Coding.display (contact details or a date)');
         return this.kept(key, 'local-display', value);
       case 'text':
         return isCodeableConceptShape(parent) ? this.conceptText(owner, value) : this.mask(key, 'free text');
@@ -406,7 +423,7 @@ export class SafeHarbor {
    * may be anything a person typed ("never smoker, per his wife Mary"):
    * masked, the codes and their displays keep the meaning. With no display
    * to compare with, the text is the only name of the concept ("MRN"): kept,
-   * unless it holds contact details, and listed by --explain.
+   * unless it holds contact details or a date, and listed by --explain.
    */
   private conceptText(concept: Json, text: string): unknown {
     const codings = concept.coding;
@@ -418,8 +435,8 @@ export class SafeHarbor {
         const display = (coding as Json | null)?.display;
         if (typeof display !== 'string') continue;
         displayed = true;
-        // Only the displays that are kept as they are count: a standard system's, or a local one without contact details.
-        if (!isStandardSystem((coding as Json).system) && CONTACT_IN_TEXT.test(display)) continue;
+        // Only the displays that are kept as they are count: a standard system's, or a local one without contact details or a date.
+        if (!isStandardSystem((coding as Json).system) && IDENTIFYING_TEXT.test(display)) continue;
         if (display.trim().toLowerCase() === wanted) return text;
         words ??= new Set();
         for (const word of wordsOf(display)) words.add(word);
@@ -427,7 +444,7 @@ export class SafeHarbor {
     }
     if (words !== undefined && wordsOf(text).every((word) => words.has(word))) return text;
     if (displayed) return this.mask('text', "CodeableConcept.text (words beyond its codings' displays)");
-    return CONTACT_IN_TEXT.test(text) ? this.mask('text', 'CodeableConcept.text (contact details)') : this.kept('text', 'concept-text', text);
+    return IDENTIFYING_TEXT.test(text) ? this.mask('text', 'CodeableConcept.text (contact details or a date)') : this.kept('text', 'concept-text', text);
   }
 
   private date(key: string, value: string, kind: Kind, byName: boolean): unknown {
