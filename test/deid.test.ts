@@ -298,12 +298,12 @@ describe('safe-harbor profile', () => {
       resourceType: 'Observation',
       code: { coding: [local('a', 'DOB 03/04/1950'), local('b', 'Seen March 4, 2020'), local('c', 'Since May 2020'), local('d', 'GLUCOSE 2 HR 75G')] },
       valueCodeableConcept: { coding: [local('123-45-6789'), local('jo@example.org'), local('(620) 555-0143'), local('6205550143'), local('GLU@1H'), { system: 'http://loinc.org', code: 'LA6576-8' }] },
-      interpretation: [{ text: 'since 1950-03-04' }, { text: 'since 4 Mar 1950' }, { text: 'pain 1/2 of the time' }],
+      interpretation: [{ text: 'since 1950-03-04' }, { text: 'since 4 Mar 1950' }, { text: 'pain 1/2 of the time' }, { text: 'Decreased 1000 mL' }],
     });
     expect(out.code.coding.map((c: any) => c.display ?? '-')).toEqual(['-', '-', '-', 'GLUCOSE 2 HR 75G']);
     expect(out.valueCodeableConcept.coding.map((c: any) => c.code ?? '-')).toEqual(['-', '-', '-', '6205550143', 'GLU@1H', 'LA6576-8']);
     expect(out.valueCodeableConcept.coding[0]).toEqual({ system: 'urn:oid:1.2.3', _code: MASKED });
-    expect(out.interpretation).toEqual([{ _text: MASKED }, { _text: MASKED }, { text: 'pain 1/2 of the time' }]);
+    expect(out.interpretation).toEqual([{ _text: MASKED }, { _text: MASKED }, { text: 'pain 1/2 of the time' }, { text: 'Decreased 1000 mL' }]);
     // A one-word string under an element name no rule knows, written as a date.
     const basic = run('safe-harbor', { resourceType: 'Basic', code: { text: 'x' }, seenOn: '03/04/1950', batch: '12/20' });
     expect(basic).toMatchObject({ _seenOn: MASKED, batch: '12/20' });

@@ -99,7 +99,8 @@ const FREE_TEXT_OR_CONTACT = /\s|@|^\+?\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4}$|^\d{3}
  * ten-digit code is none).
  */
 const CONTACT_CODE = /^[\w.+-]+@[\w-]+\.[\w.-]+$|^\d{3}-\d{2}-\d{4}$|^\+?\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}$/;
-const MONTH = String.raw`(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]*\.?`;
+/** A month's name or its abbreviation ("Decreased" and "Marked" are none). */
+const MONTH = String.raw`(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\.?`;
 /**
  * Contact details or a date finer than a year, anywhere in a text: an e-mail
  * address, a phone or social security number, a street address ("12 Oak
