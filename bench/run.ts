@@ -183,7 +183,11 @@ process.stdout.write(lines.join('\n') + '\n');
 
 /** The PAIRS (those --only selects), each run `n` times back to back: a Markdown table of their ratios. */
 function measurePairs(n: number): string {
-  const rowNamed = (name: string) => ROWS.find((row) => row.name === name)!;
+  const rowNamed = (name: string) => {
+    const row = ROWS.find((r) => r.name === name);
+    if (!row) throw new Error(`PAIRS names no row "${name}"`);
+    return row;
+  };
   const selectedPairs = PAIRS.filter((pair) => !only.length || only.some((o) => pair.target.includes(o)));
   const lines = [
     `Corpus: ${(ndjsonBytes / 1e6).toFixed(0)} MB of NDJSON. Machine: ${machine()}. Date: ${new Date().toISOString().slice(0, 10)}. ` +
