@@ -21,7 +21,8 @@ export class Rejects {
   reject(loc: Location, reason: string, text: () => string | undefined): void {
     this.account.countRejected(reason);
     if (!this.path) throw new HxError(`${formatLocation(loc)}: ${reason}`);
-    this.file ??= createWriteStream(this.path);
+    // It holds the rejected lines as they came, PHI included: readable by its owner only.
+    this.file ??= createWriteStream(this.path, { mode: 0o600 });
     const row = { source: loc.source, line: loc.line, reason, text: text() };
     this.file.write(JSON.stringify(row) + '\n');
   }

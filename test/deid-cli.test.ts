@@ -1,4 +1,4 @@
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { hx, parseNdjson, SHARED, tempDir } from './support/cli.js';
@@ -239,6 +239,9 @@ describe('hx deid', () => {
     expect(parseNdjson(kept.stdout)).toHaveLength(1);
     expect(kept.stderr).not.toContain('Zebulon');
     expect(kept.stderr).toContain('read 2 = written 1 + rejected 1');
+    // The reject file holds the line as it came (PHI): readable by its owner only.
+    expect(readFileSync(rejects, 'utf8')).toContain('Zebulon');
+    expect(statSync(rejects).mode & 0o077).toBe(0);
   });
 
   it('--explain lists what was done per element path', async () => {
