@@ -309,6 +309,18 @@ describe('safe-harbor profile', () => {
     expect(basic).toMatchObject({ _seenOn: MASKED, batch: '12/20' });
   });
 
+  it('masks a lone concept text or a local display that names someone after a title or a relation', () => {
+    const out = run('safe-harbor', {
+      resourceType: 'Condition',
+      reasonCode: [{ text: 'fell; per his wife Mary' }, { text: 'Referred by Dr. Okafor' }, { text: 'Mother Annie reports' }],
+      evidence: [{ code: [{ text: "Mother's history of diabetes" }, { text: 'Chest pain' }, { text: 'Jackson Heights clinic' }] }],
+      category: [{ coding: [{ system: 'urn:oid:1.2.3', code: 'x', display: 'seen with Mrs Lee' }] }],
+    });
+    expect(out.reasonCode).toEqual([{ _text: MASKED }, { _text: MASKED }, { _text: MASKED }]);
+    expect(out.evidence[0].code).toEqual([{ text: "Mother's history of diabetes" }, { text: 'Chest pain' }, { text: 'Jackson Heights clinic' }]);
+    expect(out.category[0].coding[0]).toEqual({ system: 'urn:oid:1.2.3', code: 'x', _display: MASKED });
+  });
+
   it('walks the extensions it keeps: free text in them is masked, dates cut, unknown nested extensions dropped', () => {
     const race = 'http://hl7.org/fhir/us/core/StructureDefinition/us-core-race';
     const dar = 'http://hl7.org/fhir/StructureDefinition/data-absent-reason';

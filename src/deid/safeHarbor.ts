@@ -101,14 +101,23 @@ const FREE_TEXT_OR_CONTACT = /\s|@|^\+?\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4}$|^\d{3}
 const CONTACT_CODE = /^[\w.+-]+@[\w-]+\.[\w.-]+$|^\d{3}-\d{2}-\d{4}$|^\+?\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}$/;
 /** A month's name or its abbreviation ("Decreased" and "Marked" are none). */
 const MONTH = String.raw`(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\.?`;
+/** A title or a relation, either case first ("Dr", "wife", "Mother"): before a capitalised word, a person's name. */
+const NAMED_BY = [
+  'Dr', 'Mr', 'Mrs', 'Ms', 'Miss', 'Mx', 'Prof', 'wife', 'husband', 'partner', 'son', 'daughter', 'mother', 'father',
+  'brother', 'sister', 'aunt', 'uncle', 'cousin', 'niece', 'nephew', 'grandson', 'granddaughter', 'grandmother',
+  'grandfather', 'friend', 'neighbor', 'neighbour', 'caregiver',
+].map((word) => `[${word[0]!.toUpperCase()}${word[0]!.toLowerCase()}]${word.slice(1)}`);
 /**
- * Contact details or a date finer than a year, anywhere in a text: an e-mail
- * address, a phone or social security number, a street address ("12 Oak
- * Street"), a date ("03/04/1950", "1950-03-04", "March 4, 1950", "4 Mar
- * 1950", "May 2020"). A lab's "GLUCOSE @ 1 HR" or a "12 lead ECG" is none.
+ * Contact details, a date finer than a year or a person named after a title
+ * or a relation, anywhere in a text: an e-mail address, a phone or social
+ * security number, a street address ("12 Oak Street"), a date ("03/04/1950",
+ * "1950-03-04", "March 4, 1950", "4 Mar 1950", "May 2020"), "Dr. Smith",
+ * "per his wife Mary". A lab's "GLUCOSE @ 1 HR", a "12 lead ECG" or a
+ * "Mother's history of diabetes" is none.
  */
 const IDENTIFYING_TEXT = new RegExp(
   [
+    String.raw`\b(?:${NAMED_BY.join('|')})\.?\s+[A-Z][a-z]`,
     String.raw`[\w.+-]+@[\w-]+\.\w`,
     String.raw`\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4}`,
     String.raw`\d{3}-\d{2}-\d{4}`,
@@ -386,7 +395,7 @@ export class SafeHarbor {
         if (!isCodingShape(parent)) return this.mask(key, 'Reference.display');
         // A standard system's display names its code; a local one's is text someone wrote, checked like a text-only concept's.
         if (isStandardSystem(owner.system)) return value;
-        if (IDENTIFYING_TEXT.test(value)) return this.mask(key, 'Coding.display (contact details or a date)');
+        if (IDENTIFYING_TEXT.test(value)) return this.mask(key, 'Coding.display (contact details, a date or a name)');
         return this.kept(key, 'local-display', value);
       case 'text':
         return isCodeableConceptShape(parent) ? this.conceptText(owner, value) : this.mask(key, 'free text');
@@ -424,7 +433,8 @@ export class SafeHarbor {
    * may be anything a person typed ("never smoker, per his wife Mary"):
    * masked, the codes and their displays keep the meaning. With no display
    * to compare with, the text is the only name of the concept ("MRN"): kept,
-   * unless it holds contact details or a date, and listed by --explain.
+   * unless it holds contact details, a date or a name after a title or a
+   * relation (IDENTIFYING_TEXT), and listed by --explain.
    */
   private conceptText(concept: Json, text: string): unknown {
     const codings = concept.coding;
@@ -436,7 +446,7 @@ export class SafeHarbor {
         const display = (coding as Json | null)?.display;
         if (typeof display !== 'string') continue;
         displayed = true;
-        // Only the displays that are kept as they are count: a standard system's, or a local one without contact details or a date.
+        // Only the displays that are kept as they are count: a standard system's, or a local one IDENTIFYING_TEXT passes.
         if (!isStandardSystem((coding as Json).system) && IDENTIFYING_TEXT.test(display)) continue;
         if (display.trim().toLowerCase() === wanted) return text;
         words ??= new Set();
@@ -445,7 +455,7 @@ export class SafeHarbor {
     }
     if (words !== undefined && wordsOf(text).every((word) => words.has(word))) return text;
     if (displayed) return this.mask('text', "CodeableConcept.text (words beyond its codings' displays)");
-    return IDENTIFYING_TEXT.test(text) ? this.mask('text', 'CodeableConcept.text (contact details or a date)') : this.kept('text', 'concept-text', text);
+    return IDENTIFYING_TEXT.test(text) ? this.mask('text', 'CodeableConcept.text (contact details, a date or a name)') : this.kept('text', 'concept-text', text);
   }
 
   private date(key: string, value: string, kind: Kind, byName: boolean): unknown {
