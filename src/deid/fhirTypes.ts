@@ -124,8 +124,9 @@ export const CODE_KEYS: ReadonlySet<string> = new Set([
   'resourceType', 'id', 'code', 'system', 'version', 'url', 'unit', 'status', 'use', 'type', 'language', 'contentType',
   'linkId', 'comparator', 'state', 'country', 'gender', 'profile', 'valueCode', 'valueId', 'valueOid', 'valueUuid',
   'intent', 'priority', 'mode', 'method', 'relation', 'versionId', 'source', 'fullUrl',
-  // Money.currency; a string `outcome` is a code wherever R4 has one (claims, AuditEvent)
-  'currency', 'outcome',
+  // Money.currency; a string `outcome` is a code wherever R4 has one (claims, AuditEvent); so are a string
+  // `category` and `criticality` (AllergyIntolerance)
+  'currency', 'outcome', 'category', 'criticality',
 ]);
 
 /** Elements typed date, dateTime or instant in R4 that do not end in Date/DateTime/Instant. */
