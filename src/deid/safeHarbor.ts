@@ -91,14 +91,18 @@ const REDACTED = 1;
 const ABSTRED = 2;
 const PSEUDED = 4;
 
+// Patterns the checks below share: a phone number (separators optional), a social security number, a date written 03/04/1950.
+const PHONE = String.raw`\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4}`;
+const SSN = String.raw`\d{3}-\d{2}-\d{4}`;
+const SLASH_DATE = String.raw`\d{1,2}\/\d{1,2}\/\d{2,4}`;
 /** Free text (a space or line break), an e-mail address, a phone or social security number, a date written 03/04/1950. */
-const FREE_TEXT_OR_CONTACT = /\s|@|^\+?\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4}$|^\d{3}-\d{2}-\d{4}$|^\d{1,2}\/\d{1,2}\/\d{2,4}$/;
+const FREE_TEXT_OR_CONTACT = new RegExp(String.raw`\s|@|^\+?${PHONE}$|^${SSN}$|^${SLASH_DATE}$`);
 /**
  * A code that is an e-mail address, a social security number or a phone
  * number written with separators (a lab's local "GLU@1H" or a bare
  * ten-digit code is none).
  */
-const CONTACT_CODE = /^[\w.+-]+@[\w-]+\.[\w.-]+$|^\d{3}-\d{2}-\d{4}$|^\+?\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}$/;
+const CONTACT_CODE = new RegExp(String.raw`^[\w.+-]+@[\w-]+\.[\w.-]+$|^${SSN}$|^\+?\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}$`);
 /** A month's name or its abbreviation ("Decreased" and "Marked" are none). */
 const MONTH = String.raw`(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\.?`;
 /** A title or a relation, either case first ("Dr", "wife", "Mother"): before a capitalised word, a person's name. */
@@ -119,10 +123,10 @@ const IDENTIFYING_TEXT = new RegExp(
   [
     String.raw`\b(?:${NAMED_BY.join('|')})\.?\s+[A-Z][a-z]`,
     String.raw`[\w.+-]+@[\w-]+\.\w`,
-    String.raw`\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4}`,
-    String.raw`\d{3}-\d{2}-\d{4}`,
+    PHONE,
+    SSN,
     String.raw`\b\d{1,6}\s+(?:[A-Z][a-z]+\s+){1,3}(?:Street|St|Avenue|Ave|Road|Rd|Drive|Dr|Lane|Ln|Boulevard|Blvd|Court|Ct|Way|Place|Pl|Terrace|Circle|Highway|Hwy|Parkway|Pkwy)\b`,
-    String.raw`\b\d{1,2}\/\d{1,2}\/\d{2,4}\b`,
+    String.raw`\b${SLASH_DATE}\b`,
     String.raw`\b\d{1,2}\/\d{4}\b`,
     String.raw`\b\d{4}-\d{2}-\d{2}\b`,
     String.raw`\b${MONTH}\s+(?:\d{1,2}(?:st|nd|rd|th)?,?\s+)?\d{4}\b`,
