@@ -50,7 +50,7 @@ describe('hx run', () => {
     expect(readFileSync(out).equals(piped)).toBe(true);
     const account = JSON.parse(readFileSync(report, 'utf8'));
     expect(account.balanced).toBe(true);
-    expect(account.workerThreads).toBe(workers === 1 ? 0 : workers);
+    expect(account.workerThreads).toBe(workers - 1);
     // The corpus has contradictory smokers: the spool path of pretag was taken and tagged them.
     expect(account.stages.pretag.mode).toBe('spool');
     expect(account.stages.pretag.tagsAdded.smoking_contradiction).toBeGreaterThan(0);

@@ -73,7 +73,7 @@ async function runWith(args: string[], workers: number, tag: string, stdin?: str
   });
   expect(r.code, r.stderr).toBe(0);
   const { elapsedSeconds: _elapsed, workerThreads, ...account } = JSON.parse(readFileSync(report, 'utf8'));
-  expect(workerThreads).toBe(workers === 1 ? 0 : workers);
+  expect(workerThreads).toBe(workers - 1);
   const rows = readFileSync(rejects, 'utf8').split('\n').filter(Boolean).map((line) => JSON.parse(line));
   return { stdout: r.stdout, stderr: r.stderr, account, rows };
 }

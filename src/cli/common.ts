@@ -70,7 +70,7 @@ export function withRunOptions<T>(yargs: Argv<T>): Argv<T & RunArgs> {
 /** `--workers N` for commands whose per-record work can run in worker threads (`src/io/workers.ts`). */
 export function withWorkersOption<T>(yargs: Argv<T>, byDefault: 'cores' | 1 = 'cores'): Argv<T & { workers: number }> {
   return yargs.option('workers', {
-    describe: 'Parse, transform and write NDJSON lines in N worker threads (1: none)',
+    describe: 'Parse, transform and write NDJSON lines on N threads: this one and N-1 worker threads (1: no worker)',
     type: 'number',
     default: byDefault === 'cores' ? availableParallelism() : 1,
     defaultDescription: byDefault === 'cores' ? 'the number of cores' : '1',

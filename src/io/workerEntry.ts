@@ -1,88 +1,19 @@
-/**
- * A worker thread of `src/io/workers.ts`: parses batches of raw NDJSON lines,
- * runs the jobs of the run's stages on them in order, serialises them (NDJSON,
- * or Bundle entries) and says what the main thread must count and spool.
- */
+/** A worker thread of `src/io/workers.ts`: runs the batches of lines it is sent (`batchRunner`). */
 import { parentPort, workerData } from 'node:worker_threads';
-import { Account } from '../account.js';
-import { Rejects } from '../rejects.js';
-import { mapBatch } from '../stage.js';
-import type { Location } from '../types.js';
-import { splitLines, type RawLines } from '../../transforms/ndjsonSplit.js';
-import { holdSmoking, type HeldRecord } from '../../transforms/pretag.js';
-import type { EncodedEntries } from '../../transforms/toTransactionBundle.js';
-import { ByteBuilder } from './byteBuilder.js';
-import { ndjsonBytes } from './serialize.js';
-import { buildJob } from './workerJobs.js';
-import type { BatchResult, RejectRow, WorkerSetup } from './workers.js';
+import type { RawLines } from '../../transforms/ndjsonSplit.js';
+import { batchRunner } from './batchRunner.js';
+import type { WorkerSetup } from './workers.js';
 
-const setup = workerData as WorkerSetup;
-const jobs = setup.jobs.map((job) => buildJob(job, { maxLineBytes: setup.maxLineBytes, unpackBundles: setup.unpackBundles }));
-/** The one job's own way with raw lines, when it has one (`JobCore.lines`). */
-const linesJob = jobs.length === 1 ? jobs[0]!.lines : undefined;
-const out = new ByteBuilder(1 << 20);
-
-/** Remembers rejects for the main thread, which applies the run's policy to them in order. */
-class RecordedRejects extends Rejects {
-  rows: RejectRow[] = [];
-  override reject(loc: Location, reason: string, text: () => string | undefined): void {
-    this.rows.push({ line: loc.line, reason, text: setup.keepRejectText ? text() : undefined });
-  }
-}
-
-function run(raw: RawLines): BatchResult {
-  const account = new Account();
-  const warnings: string[] = [];
-  account.onWarning = (message) => warnings.push(message);
-  const rejects = new RecordedRejects(account);
-  const ctx = { account, rejects };
-  if (linesJob) {
-    linesJob(raw, ctx, out);
-    const bytes = ownBuffer(out.copy());
-    return { ...counts(account, rejects, warnings), bytes, held: [] };
-  }
-  let batch = splitLines(raw, { ...ctx, maxLineBytes: setup.maxLineBytes, unpackBundles: setup.unpackBundles, keepTexts: true });
-  const held: [number, HeldRecord[]][] = [];
-  let entries: EncodedEntries | undefined;
-  // A plain loop: with a closure (jobs.forEach) holding `batch`, scavenges in the worker cost seven times more.
-  for (let stage = 0; stage < jobs.length; stage++) {
-    const job = jobs[stage]!;
-    if (job.holds) {
-      const split = holdSmoking(batch);
-      batch = split.rest;
-      if (split.held.length > 0) held.push([stage, split.held]);
-    }
-    if (job.core) batch = mapBatch(batch, job.core, ctx, setup.dropReason);
-    if (job.map) batch = job.map(batch, ctx);
-    if (job.encoder) entries = job.encoder.encode(batch, ctx);
-  }
-  if (entries) entries.bytes = ownBuffer(entries.bytes);
-  const bytes = entries ? undefined : ownBuffer(ndjsonBytes(batch.resources, account, batch.texts));
-  return { ...counts(account, rejects, warnings), bytes, entries, held };
-}
-
-/** What the main thread must count for a batch: call it once the batch's bytes are made (they count what is written). */
-function counts(account: Account, rejects: RecordedRejects, warnings: string[]): Omit<BatchResult, 'bytes' | 'entries' | 'held'> {
-  return {
-    read: account.read,
-    skippedBlank: account.skippedBlank,
-    entriesWithoutResource: account.entriesWithoutResource,
-    warnings,
-    rejects: rejects.rows,
-    dropped: [...account.droppedByReason],
-    written: [...account.writtenByType],
-    counters: jobs.map((job) => job.takeCounters?.()),
-  };
-}
+const runner = batchRunner(workerData as WorkerSetup);
 
 parentPort!.on('message', (message: { id: number; raw?: RawLines }) => {
   if (!message.raw) {
     // The last message: the jobs' own reports, then nothing more.
-    parentPort!.postMessage({ id: message.id, reports: jobs.map((job) => job.report?.()) });
+    parentPort!.postMessage({ id: message.id, reports: runner.reports() });
     return;
   }
   try {
-    const result = run(message.raw);
+    const result = runner.run(message.raw);
     // Bytes, moved rather than copied: cloning a large string cost more than making it.
     const bytes = (result.bytes ?? result.entries!.bytes).buffer as ArrayBuffer;
     parentPort!.postMessage({ id: message.id, result }, [bytes]);
@@ -90,8 +21,3 @@ parentPort!.on('message', (message: { id: number; raw?: RawLines }) => {
     parentPort!.postMessage({ id: message.id, error: (err as Error)?.stack ?? String(err) });
   }
 });
-
-/** `bytes` on an ArrayBuffer of its own, to be transferred: a small Buffer may sit in Node's shared pool. */
-function ownBuffer(bytes: Uint8Array): Uint8Array {
-  return bytes.byteOffset === 0 && bytes.buffer.byteLength === bytes.byteLength ? bytes : new Uint8Array(bytes);
-}

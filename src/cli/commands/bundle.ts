@@ -41,7 +41,7 @@ export const bundleCommand: CommandModule<object, BundleArgs> = {
       .example('hx deid bulk/*.ndjson.gz | hx pretag | hx bundle --max-bytes 8MiB --max-entries 1000 > chunks.ndjson', 'Bundles ready to post, one per line')
       .example('hx bundle export.ndjson --max-bytes 8MiB --dir out/', 'the same, one file per Bundle')
       .example('hx bundle a.ndjson --type collection --full-url https://example.org/fhir --pretty', 'a readable collection Bundle')
-      .example('hx bundle --workers 2 export.ndjson -o export.json', 'entries made in two worker threads (not with --dir)'),
+      .example('hx bundle --workers 2 export.ndjson -o export.json', 'entries made on two threads, this one and a worker (not with --dir)'),
   handler: async (argv) => {
     const plan = bundlePlan(argv);
     await runPlan(argv, inWorkers([plan], checkWorkers(argv.workers), argv) ?? plan);

@@ -42,8 +42,8 @@ export const runCommand: CommandModule<object, RunArgs> = {
           'last stage may write bytes (bundle). pretag reads regular input files twice, keeping input order, only ' +
           'when it is the first stage; after a stage that changes records (deid) it spools the smoking-status ' +
           'Observations and writes them last, as `hx deid | hx pretag` does.\n\n' +
-          'With --workers N (default: the cores), worker threads parse the NDJSON lines and run every stage\'s ' +
-          'per-record work; this thread keeps what spans records (bundle\'s dedupe set and open Bundle, pretag\'s ' +
+          'With --workers N (default: the cores), N threads (this one and N-1 workers) parse the NDJSON lines and run ' +
+          'every stage\'s per-record work; this thread keeps what spans records (bundle\'s dedupe set and open Bundle, pretag\'s ' +
           'spool and patient table) and writes in input order, so the bytes are those of one thread. bundle --dir ' +
           'keeps the run on one thread.',
       ) as never,
