@@ -307,9 +307,7 @@ class ParallelSerialize extends Transform {
   private postToFreeWorkers(): void {
     for (let w = 0; w < this.workers.length && this.unposted.length > 0; w++) {
       while (this.posted[w]! < POSTED_PER_WORKER && this.unposted.length > 0) {
-        const lines = this.unposted.shift()!;
-        const raw = lines.raw!;
-        lines.raw = undefined;
+        const { lines, raw } = this.takeOldest();
         this.posted[w]!++;
         lines.posted = this.ask(this.workers[w]!, { raw });
         lines.posted.then(
@@ -326,10 +324,16 @@ class ParallelSerialize extends Transform {
 
   /** Runs the oldest waiting batch on this thread. */
   private runHere(): void {
+    const { lines, raw } = this.takeOldest();
+    lines.done = { id: -1, result: this.runner!.run(raw) };
+  }
+
+  /** The oldest waiting batch and its lines, which it lets go of (they are the taker's now). */
+  private takeOldest(): { lines: LinesInFlight; raw: RawLines } {
     const lines = this.unposted.shift()!;
     const raw = lines.raw!;
     lines.raw = undefined;
-    lines.done = { id: -1, result: this.runner!.run(raw) };
+    return { lines, raw };
   }
 
   override _flush(callback: TransformCallback): void {
@@ -346,7 +350,7 @@ class ParallelSerialize extends Transform {
       const replies = await Promise.all(this.workers.map((worker) => this.ask(worker, {})));
       const reports = replies.map((reply) => reply.reports);
       if (this.runner) reports.push(this.runner.reports());
-      for (const of of reports) of?.forEach((report, i) => report !== undefined && stages[i]?.mergeReport?.(report));
+      for (const jobReports of reports) jobReports?.forEach((report, i) => report !== undefined && stages[i]?.mergeReport?.(report));
       for (const stage of stages) await stage.ended?.();
       void this.pushBytes(this.output.finish());
     })()
