@@ -28,7 +28,7 @@
  *   ends short of `total` for any reason, the run fails naming the search
  *   and the counts (a warning with `allowPartial`).
  * - Resources repeated across pages are dropped by (type, id) with a compact
- *   hash set (`src/util/keySet.ts`, ~11 bytes per resource fetched).
+ *   hash set (`src/util/keySet.ts`, ~9.5 bytes per resource fetched).
  * - `search.mode: outcome` entries are warnings, never data.
  *
  * Batches carry `source` = `<search> page <n>` and `lines` = the 1-based
@@ -37,7 +37,7 @@
  *
  * Memory: per chain, one entry being parsed plus at most `bufferBatches`
  * batches waiting for the output (a chain ahead of the output pauses its
- * socket); the (type, id) set grows by ~11 bytes per resource; keyset
+ * socket); the (type, id) set grows by ~9.5 bytes per resource; keyset
  * paging keeps the ids seen at the current boundary instant (at most a
  * page's worth, since more than that is the no-progress failure).
  */

@@ -16,7 +16,7 @@
  * Duplicates on (type, id): the first wins, as in HealthClaw's exporter,
  * across the whole run (every chunk included, so loading all chunks gives
  * what one Bundle would). The keys seen are kept in a KeySet, 64-bit hashes
- * at 10 to 12.5 bytes per resource with an id (see keySet.ts for the bound
+ * at 8.9 to 10 bytes per resource with an id (see keySet.ts for the bound
  * and the false-positive odds). There are no false negatives, so no Bundle
  * ever names one resource twice. With dedupe off, chunks keep that promise
  * exactly: a second version of a resource in the open chunk starts the next

@@ -5,7 +5,7 @@
  * passes over the same input, without keeping resources or even keys:
  *
  * - Pass 1 (`observe`, in input order) adds every key to a KeySet (64-bit
- *   hashes, about 11 bytes per resource). A key met again is a collision:
+ *   hashes, about 9.5 bytes per resource). A key met again is a collision:
  *   for it alone, an exact entry remembers the best of the *later*
  *   occurrences (lastUpdated, position). The first occurrence is not known
  *   then (its lastUpdated was not kept), and need not be:
