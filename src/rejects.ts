@@ -1,4 +1,4 @@
-import { createWriteStream, type WriteStream } from 'node:fs';
+import { createWriteStream, fchmodSync, fstatSync, type WriteStream } from 'node:fs';
 import type { Account } from './account.js';
 import { HxError } from './errors.js';
 import { formatLocation, type Location } from './types.js';
@@ -21,10 +21,27 @@ export class Rejects {
   reject(loc: Location, reason: string, text: () => string | undefined): void {
     this.account.countRejected(reason);
     if (!this.path) throw new HxError(`${formatLocation(loc)}: ${reason}`);
-    // It holds the rejected lines as they came, PHI included: readable by its owner only.
-    this.file ??= createWriteStream(this.path, { mode: 0o600 });
+    this.file ??= this.open(this.path);
     const row = { source: loc.source, line: loc.line, reason, text: text() };
     this.file.write(JSON.stringify(row) + '\n');
+  }
+
+  /**
+   * The file holds the rejected lines as they came, PHI included: readable by
+   * its owner only. `mode` applies to a file it creates; one that was there
+   * already (and is a regular file, not a pipe or a terminal) is narrowed too.
+   */
+  private open(path: string): WriteStream {
+    const file = createWriteStream(path, { mode: 0o600 });
+    file.once('open', (fd: number) => {
+      try {
+        const stat = fstatSync(fd);
+        if (stat.isFile() && (stat.mode & 0o077) !== 0) fchmodSync(fd, stat.mode & 0o700);
+      } catch (err) {
+        this.account.warn(`--rejects ${path}: could not make it readable by its owner only (${(err as NodeJS.ErrnoException).code ?? 'error'}); it holds rejected lines as they came`);
+      }
+    });
+    return file;
   }
 
   async close(): Promise<void> {

@@ -1,4 +1,4 @@
-import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { hx, parseNdjson, SHARED, tempDir } from './support/cli.js';
@@ -242,6 +242,15 @@ describe('hx deid', () => {
     // The reject file holds the line as it came (PHI): readable by its owner only.
     expect(readFileSync(rejects, 'utf8')).toContain('Zebulon');
     expect(statSync(rejects).mode & 0o077).toBe(0);
+    // So does a reject file that was there before, readable by all (the mode of a creation does not apply to it).
+    const existing = join(dir, 'existing-rejects.ndjson');
+    writeFileSync(existing, 'old\n', { mode: 0o644 });
+    chmodSync(existing, 0o644);
+    const again = await hx(['deid', '--profile', 'safe-harbor', '--key-file', keyFile(dir), '--rejects', existing], { stdin: input });
+    expect(again.code).toBe(0);
+    expect(again.stderr).toBe('');
+    expect(readFileSync(existing, 'utf8')).toMatch(/^\{"source":"-","line":2,.*Zebulon/);
+    expect(statSync(existing).mode & 0o777).toBe(0o600);
   });
 
   it('--explain lists what was done per element path', async () => {
