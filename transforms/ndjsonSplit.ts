@@ -20,6 +20,7 @@ import { DocumentScanner } from '../src/io/documentScanner.js';
 import { RecordBatcher } from '../src/io/recordBatcher.js';
 import type { StageContext } from '../src/stage.js';
 import { BATCHES_IN_FLIGHT, formatLocation, type Batch, type Location, type Resource } from '../src/types.js';
+import { RESOURCE_TYPE_NAME } from '../src/util/fhirSyntax.js';
 
 export const DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024;
 
@@ -99,7 +100,7 @@ export function parseRecord(text: string): Resource | RecordRejected {
   }
   const type = (value as { resourceType?: unknown }).resourceType;
   if (type === undefined) return new RecordRejected('missing resourceType');
-  if (typeof type !== 'string' || !/^[A-Z][A-Za-z]{0,63}$/.test(type)) return new RecordRejected('resourceType is not a FHIR type name');
+  if (typeof type !== 'string' || !RESOURCE_TYPE_NAME.test(type)) return new RecordRejected('resourceType is not a FHIR type name');
   return value as Resource;
 }
 
@@ -147,7 +148,7 @@ function checkRecord(value: unknown): Resource | RecordRejected {
   if (value === null || typeof value !== 'object' || Array.isArray(value)) return new RecordRejected('resource is not a JSON object');
   const type = (value as { resourceType?: unknown }).resourceType;
   if (type === undefined) return new RecordRejected('missing resourceType');
-  if (typeof type !== 'string' || !/^[A-Z][A-Za-z]{0,63}$/.test(type)) return new RecordRejected('resourceType is not a FHIR type name');
+  if (typeof type !== 'string' || !RESOURCE_TYPE_NAME.test(type)) return new RecordRejected('resourceType is not a FHIR type name');
   return value as Resource;
 }
 

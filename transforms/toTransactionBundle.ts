@@ -34,6 +34,7 @@ import type { Batch, Resource, SplicedText } from '../src/types.js';
 import { ByteBuilder } from '../src/io/byteBuilder.js';
 import { appendText } from '../src/io/serialize.js';
 import { KeySet } from '../src/util/keySet.js';
+import { FHIR_ID } from '../src/util/fhirSyntax.js';
 
 export type BundleType = 'transaction' | 'batch' | 'collection';
 export const BUNDLE_TYPES: readonly BundleType[] = ['transaction', 'batch', 'collection'];
@@ -72,9 +73,6 @@ export interface BundleStats extends Record<string, unknown> {
 
 export const DUPLICATE_REASON = 'duplicate (type, id)';
 
-/** FHIR's id syntax; other ids are percent-encoded in `request.url`. */
-const FHIR_ID = /^[A-Za-z0-9\-.]{1,64}$/;
-
 /**
  * `Type/id` for `request.url` (and the key within a chunk), or undefined for a
  * resource without an id (missing, null or empty, as Python's `r.get("id")`
@@ -85,6 +83,7 @@ export function requestUrl(resource: Resource): string | undefined {
   if (id === undefined || id === null || id === '') return undefined;
   if (typeof id !== 'string') throw new RecordRejected('id is not a string');
   if (FHIR_ID.test(id)) return resource.resourceType + '/' + id;
+  // Other ids are percent-encoded.
   try {
     // Keeps the URL a URL and the text free of JSON escapes; injective, so still a faithful key.
     return resource.resourceType + '/' + encodeURIComponent(id);

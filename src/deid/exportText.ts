@@ -30,6 +30,7 @@
  */
 import { PERSON_TYPES } from './fhirTypes.js';
 import { referencedType } from './pseudonym.js';
+import { RESOURCE_TYPE_NAME } from '../util/fhirSyntax.js';
 
 export interface ExportTextResult {
   /** The record's text with the person references' displays cut out (the same string when none). */
@@ -47,7 +48,6 @@ const NO_CONTROL = /^[^\u0000-\u001f]*$/;
 /** What may follow a backslash in a JSON string (`u` is checked apart). */
 const SIMPLE_ESCAPE = /["\\/bfnrt]/;
 const HEX4 = /^[0-9A-Fa-f]{4}$/;
-const RESOURCE_TYPE = /^[A-Z][A-Za-z]{0,63}$/;
 /** Deeper than any FHIR resource; deeper text takes the object path. */
 const MAX_DEPTH = 64;
 
@@ -107,7 +107,7 @@ class ExportTextScanner {
     } finally {
       this.s = '';
     }
-    if (!RESOURCE_TYPE.test(this.topType) || this.topType === 'Bundle') return undefined;
+    if (!RESOURCE_TYPE_NAME.test(this.topType) || this.topType === 'Bundle') return undefined;
     return { text: this.cutText(line), resourceType: this.topType, removed: this.cutCount / 2 };
   }
 

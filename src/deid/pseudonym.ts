@@ -12,6 +12,7 @@
  */
 import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { HmacSha256 } from './hmacSha256.js';
+import { FHIR_ID, RESOURCE_TYPE_NAME } from '../util/fhirSyntax.js';
 
 export type IdMode = 'hx' | 'ms-compat';
 
@@ -70,9 +71,6 @@ export function uuidFromDigest(digest: Uint8Array): string {
 }
 
 const HEX_DIGITS = '0123456789abcdef';
-
-/** A FHIR id: what a pseudonym must be, and what a reference's id part is. */
-const FHIR_ID = /^[A-Za-z0-9\-.]{1,64}$/;
 
 export interface PseudonymizerOptions {
   key: Buffer;
@@ -163,7 +161,7 @@ export class Pseudonymizer {
    * pseudonymised; a conditional URL (`Type?…`) returns undefined.
    */
   requestUrl(url: string): string | undefined {
-    if (RESOURCE_TYPE.test(url)) return url;
+    if (RESOURCE_TYPE_NAME.test(url)) return url;
     return url.includes('?') ? undefined : this.reference(url);
   }
 
@@ -217,11 +215,9 @@ function parseLiteralReference(ref: string): LiteralReference | undefined {
   const typeStart = ref.lastIndexOf('/', slash - 1) + 1;
   const type = ref.slice(typeStart, slash);
   const id = ref.slice(slash + 1, idEnd);
-  if (!RESOURCE_TYPE.test(type) || !FHIR_ID.test(id)) return undefined;
+  if (!RESOURCE_TYPE_NAME.test(type) || !FHIR_ID.test(id)) return undefined;
   return { type, id, idStart: slash + 1, idEnd };
 }
-
-const RESOURCE_TYPE = /^[A-Z][A-Za-z]{0,63}$/;
 
 /** The id part of a literal reference (`Patient/1`, `…/Patient/1/_history/2`, `urn:uuid:…`), if any. */
 export function referencedId(ref: string): string | undefined {

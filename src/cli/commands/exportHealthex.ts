@@ -14,6 +14,7 @@ import { toTransactionBundle, type BundleStats } from '../../../transforms/toTra
 import type { IngestStats } from '../../../transforms/postIngest.js';
 import { runRecords, withRunOptions, type InputArgs, type RunArgs } from '../common.js';
 import { ingestSummary, postSettings, runPost, withPostOptions, type PostArgs } from './ingest.js';
+import { RESOURCE_TYPE_NAME } from '../../util/fhirSyntax.js';
 
 interface ExportArgs extends RunArgs, PostArgs {
   'tenant-id': string;
@@ -62,7 +63,7 @@ export const exportHealthexCommand: CommandModule<object, ExportArgs> = {
   handler: async (argv) => {
     const tenant = checkTenant(argv['tenant-id']);
     const types = (argv.types ?? EXPORT_TYPES).flatMap((t) => t.split(',')).filter(Boolean);
-    for (const type of types) if (!/^[A-Z][A-Za-z]{0,63}$/.test(type)) throw new UsageError(`--types: not a FHIR type name: ${type}`);
+    for (const type of types) if (!RESOURCE_TYPE_NAME.test(type)) throw new UsageError(`--types: not a FHIR type name: ${type}`);
     if (new Set(types).size !== types.length) throw new UsageError('--types names a type twice');
     const base = trimBase(argv['base-url']);
     if (!URL.canParse(base)) throw new UsageError('--base-url must be an http(s) URL');

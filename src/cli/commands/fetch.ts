@@ -15,6 +15,7 @@ import {
   type Search,
 } from '../../../transforms/fetchPages.js';
 import { runRecords, withOutputOptions, withRunOptions, type OutputArgs, type RunArgs } from '../common.js';
+import { RESOURCE_TYPE_NAME } from '../../util/fhirSyntax.js';
 
 export const DEFAULT_BASE_URL = 'http://localhost:5000/r6/fhir';
 export const BEARER_ENV = 'HX_BEARER_TOKEN';
@@ -43,7 +44,6 @@ interface FetchArgs extends RunArgs, OutputArgs {
   'idle-timeout': number;
 }
 
-const TYPE_NAME = /^[A-Z][A-Za-z]{0,63}$/;
 const EVERYTHING_REF = /^(Person|Patient)\/[A-Za-z0-9\-.]{1,64}$/;
 
 /** What to do about a status that retrying cannot cure, for the servers hx meets (HealthEx, HealthClaw). */
@@ -147,12 +147,12 @@ function buildSearches(argv: FetchArgs, redactor: Redactor): Search[] {
   if (argv.everything !== undefined) {
     if (!EVERYTHING_REF.test(argv.everything)) throw new UsageError('--everything takes Person/ID or Patient/ID');
     const types = (argv.type ?? []).flatMap((t) => t.split(',')).filter(Boolean);
-    for (const type of types) if (!TYPE_NAME.test(type)) throw new UsageError(`--type: not a FHIR type name: ${type}`);
+    for (const type of types) if (!RESOURCE_TYPE_NAME.test(type)) throw new UsageError(`--type: not a FHIR type name: ${type}`);
     if (argv.since !== undefined && Number.isNaN(Date.parse(argv.since))) throw new UsageError('--since takes an instant such as 2026-02-27T12:00:00Z');
     return [everythingSearch(base, argv.everything, { types, since: argv.since, count: argv.count })];
   }
   const types = (argv.types ?? EXPORT_TYPES).flatMap((t) => t.split(',')).filter(Boolean);
-  for (const type of types) if (!TYPE_NAME.test(type)) throw new UsageError(`--types: not a FHIR type name: ${type}`);
+  for (const type of types) if (!RESOURCE_TYPE_NAME.test(type)) throw new UsageError(`--types: not a FHIR type name: ${type}`);
   if (new Set(types).size !== types.length) throw new UsageError('--types names a type twice');
   return typeSearches(base, types, argv.count ?? 200);
 }
