@@ -1,4 +1,4 @@
-import { createWriteStream, fchmodSync, fstatSync, type WriteStream } from 'node:fs';
+import { createWriteStream, fchmodSync, fstatSync, openSync, type WriteStream } from 'node:fs';
 import type { Account } from './account.js';
 import { HxError } from './errors.js';
 import { formatLocation, type Location } from './types.js';
@@ -28,20 +28,20 @@ export class Rejects {
 
   /**
    * The file holds the rejected lines as they came, PHI included: readable by
-   * its owner only. `mode` applies to a file it creates; one that was there
-   * already (and is a regular file, not a pipe or a terminal) is narrowed too.
+   * its owner only. The mode applies to a file the open creates; one that was
+   * there already (and is a regular file, not a pipe or a terminal) is
+   * narrowed before anything is written to it, hence the synchronous open
+   * (once per run: a stream's own open lets its first writes go out first).
    */
   private open(path: string): WriteStream {
-    const file = createWriteStream(path, { mode: 0o600 });
-    file.once('open', (fd: number) => {
-      try {
-        const stat = fstatSync(fd);
-        if (stat.isFile() && (stat.mode & 0o077) !== 0) fchmodSync(fd, stat.mode & 0o700);
-      } catch (err) {
-        this.account.warn(`--rejects ${path}: could not make it readable by its owner only (${(err as NodeJS.ErrnoException).code ?? 'error'}); it holds rejected lines as they came`);
-      }
-    });
-    return file;
+    const fd = openSync(path, 'w', 0o600); // a failure reads as the path and its reason (asUserError)
+    try {
+      const stat = fstatSync(fd);
+      if (stat.isFile() && (stat.mode & 0o077) !== 0) fchmodSync(fd, stat.mode & 0o700);
+    } catch (err) {
+      this.account.warn(`--rejects ${path}: could not make it readable by its owner only (${(err as NodeJS.ErrnoException).code ?? 'error'}); it holds rejected lines as they came`);
+    }
+    return createWriteStream(path, { fd });
   }
 
   async close(): Promise<void> {
